@@ -1,0 +1,304 @@
+"""The command line: ``harvester run | simulate | demo``.
+
+This is the only module that configures logging, reads the environment for the API
+key, installs signal handlers and turns errors into exit codes. Every error the
+harvester expects is printed as one line, ``harvester: error: ...``, with no
+traceback. Exit codes:
+
+    0   every window of every requested feed is complete
+    1   some windows failed; running the same command again finishes them
+    2   bad input: flags, config file, environment
+    3   the API refused the key (401/403)
+    4   the lake cannot be written (permissions, missing bucket, credentials)
+    5   the API cannot be reached at --base-url
+    70  an internal error (a bug): please report it
+    130 interrupted by SIGINT/SIGTERM; running the same command again resumes
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import structlog
+
+from harvester import logs
+from harvester.config import API_KEY_ENV, DEFAULTS, build_config, load_toml
+from harvester.errors import ConfigError, HarvesterError
+from harvester.orchestrator import Harvest, RunResult, plan
+from harvester.secret import Secret, redact
+from harvester.storage import open_store
+
+log = structlog.get_logger("harvester")
+
+RUN_EXAMPLES = """examples:
+  export THREATGRID_API_KEY=...
+  harvester run --after 2024-01-01 --before 2024-02-01 --out ./lake
+  harvester run --after 2024-01-01 --before 2024-01-02 --out s3://bucket/tg \\
+      --feeds ips,domains --window 6h --confidence 0 --severity 0
+  harvester run --config configs/backfill.toml --before 2024-06-01
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"harvester: error: {message}; see {self.prog} --help\n")
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--config", metavar="FILE", help="TOML file with any of these options; flags win")
+    add("--after", metavar="ISO", help="start of the range, inclusive (2024-01-01, ...Z, +01:00)")
+    add("--before", metavar="ISO", help="end of the range, exclusive")
+    add("--out", metavar="DIR|s3://BUCKET/PREFIX", help="where the lake lives")
+    add("--feeds", metavar="all|ips,domains,...", help="feeds to harvest (default all)")
+    add("--base-url", metavar="URL", help=f"API base URL (default {DEFAULTS['base_url']})")
+    add("--window", metavar="1d|6h|1h|15m", help="window size on the UTC grid (default 1d)")
+    add("--confidence", metavar="N", help="minimum confidence; 0 means all (API default 80)")
+    add("--severity", metavar="N", help="minimum severity; 0 means all (API default 80)")
+    add("--ioc", metavar="NAME", help="only this behaviour indicator")
+    add("--org-only", action="store_const", const=True, help="only samples of your organisation")
+    add("--user-only", action="store_const", const=True, help="only samples you submitted")
+    add("--sample", metavar="ID,ID", help="only these sample ids")
+    add(
+        "--filter",
+        metavar="KEY=VALUE",
+        action="append",
+        help="result restriction, e.g. domain=example.com (repeatable)",
+    )
+    add("--limit", metavar="N", help=f"page size to ask for (default {DEFAULTS['limit']})")
+    add(
+        "--concurrency",
+        metavar="N",
+        help=f"requests in flight at most (default {DEFAULTS['concurrency']})",
+    )
+    add(
+        "--rate",
+        metavar="REQ_PER_S",
+        help=f"request rate ceiling for the whole job (default {DEFAULTS['rate']})",
+    )
+    add(
+        "--auth",
+        choices=("header", "query"),
+        help="send the key as a Bearer header (default) or as the api_key query parameter",
+    )
+    add("--prefetch", metavar="N", help="pages fetched ahead inside one window (default 4)")
+    add("--attempts", metavar="N", help="tries per request before a window fails (default 8)")
+    add("--retry-timeout", metavar="S", help="give up retrying a request after S seconds")
+    add("--request-timeout", metavar="S", help="time limit of one request (default 60)")
+    add("--s3-endpoint-url", metavar="URL", help="S3-compatible endpoint (MinIO, Ceph, ...)")
+    add("--shard", metavar="I/N", help="harvest only shard I of N (0-based)")
+    add(
+        "--shards",
+        metavar="N",
+        help="N shards; the index comes from JOB_COMPLETION_INDEX or AWS_BATCH_JOB_ARRAY_INDEX",
+    )
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-level", choices=tuple(logs.LEVELS), default="info")
+    parser.add_argument("--log-json", action="store_true", help="JSON logs even on a TTY")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = _Parser(prog="harvester", description="Archive Threat Grid IOC feeds to Parquet.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser(
+        "run",
+        help="harvest a time range into the lake",
+        epilog=RUN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_run_options(run)
+    _add_common(run)
+    sim = sub.add_parser(
+        "simulate",
+        help="serve a simulated Threat Grid API on loopback",
+        epilog="example:\n  harvester simulate --port 8080 --seed 7\n"
+        "  THREATGRID_API_KEY=sim-key harvester run --base-url "
+        "http://127.0.0.1:8080 ...",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sim.add_argument("--port", type=int, default=8080)
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--seed", type=int, default=7)
+    sim.add_argument("--rows-per-day", type=int, default=300)
+    sim.add_argument("--api-key", default="sim-key", help="the key the simulator accepts")
+    sim.add_argument("--max-limit", type=int, default=1000)
+    sim.add_argument("--latency", type=float, default=0.0, help="seconds added to each page")
+    sim.add_argument("--rate-limit", type=float, help="answer 429 above this many requests/s")
+    sim.add_argument("--error-rate", type=float, default=0.0, help="share of 5xx answers")
+    _add_common(sim)
+    demo = sub.add_parser("demo", help="harvest a month from a built-in simulator, then query it")
+    demo.add_argument("--out", default="./demo-lake")
+    _add_common(demo)
+    return parser
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """Merge defaults < config file < flags into one dict of raw options."""
+    from_file = load_toml(args.config) if args.config else {}
+    flags = {
+        key: getattr(args, key)
+        for key in (
+            "after",
+            "before",
+            "out",
+            "feeds",
+            "base_url",
+            "window",
+            "confidence",
+            "severity",
+            "ioc",
+            "org_only",
+            "user_only",
+            "sample",
+            "filter",
+            "limit",
+            "concurrency",
+            "rate",
+            "auth",
+            "prefetch",
+            "attempts",
+            "retry_timeout",
+            "request_timeout",
+            "s3_endpoint_url",
+            "shard",
+            "shards",
+        )
+        if getattr(args, key) is not None
+    }
+    return {**from_file, **flags}
+
+
+def api_key_from_env(env: dict[str, str] | os._Environ[str] = os.environ) -> Secret:
+    """The API key, from the environment only."""
+    value = env.get(API_KEY_ENV, "").strip()
+    if not value:
+        raise ConfigError(f"{API_KEY_ENV} is not set; export your Threat Grid API key in it")
+    return Secret(value)
+
+
+async def _run_async(harvest: Harvest) -> RunResult:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, harvest.stop)
+    try:
+        store = harvest.store
+        the_plan = await plan(harvest.config, store)
+        return await harvest.run(the_plan)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        await harvest.store.close()
+
+
+def summarise(result: RunResult) -> None:
+    """Log one summary line per feed, then the run's outcome."""
+    for feed, s in result.feeds.items():
+        log.info(
+            "feed.summary",
+            feed=feed,
+            windows=s.windows,
+            done=s.done,
+            skipped=s.skipped,
+            failed=s.failed,
+            pages=s.pages,
+            rows=s.rows,
+            requests=s.requests,
+            retries=s.retries,
+            throttled=s.throttled,
+            seconds=round(s.seconds, 2),
+        )
+    log.info(
+        "run.done",
+        run_id=result.run_id,
+        ok=result.ok,
+        failed=len(result.failures),
+        interrupted=result.interrupted,
+        seconds=round(result.seconds, 2),
+    )
+
+
+def command_run(args: argparse.Namespace) -> int:
+    """``harvester run``."""
+    config = build_config(_options(args))
+    key = api_key_from_env()
+    store = open_store(config.out, s3_endpoint_url=config.s3_endpoint_url)
+    harvest = Harvest(config, api_key=key, store=store)
+    result = asyncio.run(_run_async(harvest))
+    summarise(result)
+    if result.interrupted:
+        _say("interrupted; finished windows are saved, run the same command again to resume")
+        return 130
+    if result.failures:
+        _say(
+            f"{len(result.failures)} window(s) failed (see window.failed events); "
+            "run the same command again to finish them"
+        )
+        return 1
+    return 0
+
+
+def command_simulate(args: argparse.Namespace) -> int:
+    """``harvester simulate``."""
+    from harvester.sim.data import DatasetSpec
+    from harvester.sim.server import Faults, ServerOptions, serve
+
+    options = ServerOptions(
+        api_key=args.api_key,
+        dataset=DatasetSpec(seed=args.seed, rows_per_day=args.rows_per_day),
+        max_limit=args.max_limit,
+        latency=args.latency,
+        faults=Faults(rate_limit=args.rate_limit, error_rate=args.error_rate),
+    )
+    serve(options, host=args.host, port=args.port)
+    return 0
+
+
+def command_demo(args: argparse.Namespace) -> int:
+    """``harvester demo``."""
+    from harvester.demo import run_demo
+
+    return run_demo(out=args.out)
+
+
+COMMANDS = {"run": command_run, "simulate": command_simulate, "demo": command_demo}
+
+
+def _say(message: str) -> None:
+    print(f"harvester: {redact(message)}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``harvester`` console script."""
+    args = build_parser().parse_args(argv)
+    logs.configure(level=args.log_level, json=True if args.log_json else None)
+    try:
+        return COMMANDS[args.command](args)
+    except HarvesterError as exc:
+        _say(f"error: {exc}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _say("interrupted; run the same command again to resume")
+        return 130
+    except Exception as exc:
+        if args.log_level == "debug":
+            raise
+        _say(
+            f"internal error: {type(exc).__name__}: {exc}; rerun with --log-level debug "
+            "and report it"
+        )
+        return 70
+
+
+if __name__ == "__main__":
+    sys.exit(main())

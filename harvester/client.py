@@ -1,0 +1,218 @@
+"""The Threat Grid API client: one page per call, auth, error envelope, retries.
+
+:class:`ApiClient` owns the aiohttp session, the cap on requests in flight and the
+shared :class:`~harvester.ratelimit.AdaptiveRateLimiter`. :meth:`ApiClient.fetch_page`
+returns a validated :class:`Page` or raises from :mod:`harvester.errors`; aiohttp's
+own exceptions never escape. Messages name the feed URL without its query string, so
+the key cannot leak even with ``--auth query``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import orjson
+
+from harvester.config import API_KEY_ENV
+from harvester.errors import (
+    ApiError,
+    AuthError,
+    BadResponse,
+    ConnectionFailed,
+    RateLimited,
+    RequestRejected,
+    ServerError,
+)
+from harvester.ratelimit import AdaptiveRateLimiter
+from harvester.retry import RetryPolicy, Sleep, call_with_retry
+from harvester.secret import Secret, redact
+
+FEED_PATH = "/api/v2/iocs/feeds/{feed}"
+USER_AGENT = "threatgrid-harvester/0.1"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Page:
+    """One page of a feed, as the server described it."""
+
+    index: int
+    items_per_page: int
+    items: list[dict[str, Any]]
+    nbytes: int = 0
+
+
+@dataclass(kw_only=True)
+class Counters:
+    """Request statistics, per feed, for logs and the run report."""
+
+    requests: int = 0
+    retries: int = 0
+    throttled: int = 0
+    bytes: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+class ApiClient:
+    """Fetches pages of IOC feeds politely and maps every failure to our errors."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: Secret,
+        auth: str = "header",
+        concurrency: int = 8,
+        limiter: AdaptiveRateLimiter,
+        policy: RetryPolicy,
+        request_timeout: float = 60.0,
+        sleep: Sleep = asyncio.sleep,
+        connector: aiohttp.BaseConnector | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._key = api_key
+        self._auth = auth
+        self._in_flight = asyncio.Semaphore(concurrency)
+        self.limiter = limiter
+        self.policy = policy
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout)
+        self._sleep = sleep
+        self._connector = connector
+        self._concurrency = concurrency
+        self._session: aiohttp.ClientSession | None = None
+        self.counters: dict[str, Counters] = {}
+
+    async def __aenter__(self) -> ApiClient:
+        connector = self._connector or aiohttp.TCPConnector(limit=self._concurrency)
+        headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+        if self._auth == "header":
+            headers["Authorization"] = f"Bearer {self._key.reveal()}"
+        self._session = aiohttp.ClientSession(
+            connector=connector, headers=headers, timeout=self._timeout, raise_for_status=False
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def url(self, feed: str) -> str:
+        """The feed's URL, without a query string (safe to log)."""
+        return self.base_url + FEED_PATH.format(feed=feed)
+
+    def stats(self, feed: str) -> Counters:
+        """The counters of ``feed`` (created on first use)."""
+        return self.counters.setdefault(feed, Counters())
+
+    async def fetch_page(
+        self, feed: str, params: Mapping[str, str], *, policy: RetryPolicy | None = None
+    ) -> Page:
+        """Fetch one page with retries; return it validated or raise an ApiError."""
+        stats = self.stats(feed)
+
+        def on_retry(error: BaseException, attempt: int, delay: float) -> None:
+            stats.retries += 1
+            kind = type(error).__name__
+            stats.errors[kind] = stats.errors.get(kind, 0) + 1
+
+        return await call_with_retry(
+            lambda: self._get_once(feed, params),
+            policy or self.policy,
+            sleep=self._sleep,
+            on_retry=on_retry,
+        )
+
+    async def _get_once(self, feed: str, params: Mapping[str, str]) -> Page:
+        assert self._session is not None, "use ApiClient inside 'async with'"
+        query = dict(params)
+        if self._auth == "query":
+            query["api_key"] = self._key.reveal()
+        url = self.url(feed)
+        stats = self.stats(feed)
+        async with self.limiter, self._in_flight:
+            stats.requests += 1
+            try:
+                async with self._session.get(url, params=query) as response:
+                    body = await response.read()
+                    status = response.status
+                    retry_after = response.headers.get("Retry-After")
+                    content_type = response.headers.get("Content-Type", "")
+            except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+                raise ConnectionFailed(f"GET {url} timed out") from exc
+            except aiohttp.ClientPayloadError as exc:
+                raise BadResponse(f"GET {url}: body cut short ({redact(str(exc))})") from exc
+            except aiohttp.ClientError as exc:
+                detail = redact(str(exc)) or type(exc).__name__
+                raise ConnectionFailed(f"GET {url} failed: {detail}") from exc
+        stats.bytes += len(body)
+        if status == 429:
+            wait = _retry_after(retry_after)
+            self.limiter.on_throttled(wait)
+            stats.throttled += 1
+            raise RateLimited(f"GET {url}: 429 Too Many Requests", retry_after=wait)
+        self.limiter.on_success()
+        if status != 200:
+            raise _status_error(url, status, body)
+        return _parse_page(url, body, content_type)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP-date: rare for APIs; backoff covers it
+
+
+def _server_message(body: bytes) -> str:
+    try:
+        error = orjson.loads(body)["error"]
+        return redact(str(error.get("message") or error))
+    except Exception:
+        return redact(body[:200].decode("utf-8", "replace")).strip() or "(empty body)"
+
+
+def _status_error(url: str, status: int, body: bytes) -> ApiError:
+    message = _server_message(body)
+    if status in (401, 403):
+        return AuthError(
+            f"the API refused the key ({status}: {message}); set {API_KEY_ENV} to a valid "
+            "Threat Grid API key",
+            status=status,
+        )
+    if status == 408 or status >= 500:
+        return ServerError(f"GET {url}: {status} from server: {message}", status=status)
+    return RequestRejected(
+        f"GET {url}: the API rejected the request ({status}): {message}", status=status
+    )
+
+
+def _parse_page(url: str, body: bytes, content_type: str) -> Page:
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        kind = content_type.split(";")[0] or "no content type"
+        raise BadResponse(
+            f"GET {url}: expected a JSON body, got {len(body)} bytes of {kind} "
+            "(truncated or not JSON)"
+        ) from exc
+    data = document.get("data") if isinstance(document, dict) else None
+    items = data.get("items") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not isinstance(items, list):
+        raise BadResponse(f"GET {url}: expected an envelope with data.items, got something else")
+    index = data.get("index", 0)
+    per_page = data.get("items_per_page")
+    if type(index) is not int or type(per_page) is not int or per_page < 1:
+        raise BadResponse(f"GET {url}: envelope lacks integer data.index/data.items_per_page")
+    return Page(index=index, items_per_page=per_page, items=items, nbytes=len(body))

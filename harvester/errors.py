@@ -1,0 +1,116 @@
+"""The harvester's one exception tree.
+
+Every error the harvester raises on purpose is a :class:`HarvesterError`. Errors from
+aiohttp, botocore and the file system are mapped onto this tree at the boundary where
+they happen (``raise ... from exc``), so the rest of the code, and the CLI, deal with
+our types only. Each message says what happened and what was expected, and never
+contains the API key.
+
+    HarvesterError
+    ├── ConfigError              bad input: flags, TOML, environment          exit 2
+    ├── ApiError                 the Threat Grid API said no, or said nonsense
+    │   ├── AuthError            401/403: the key is missing or refused       exit 3
+    │   ├── RequestRejected      400 and other non-retryable 4xx
+    │   ├── PagingError          the server repeated a page or ignored offset
+    │   └── TransientError       worth retrying (see retry.py)
+    │       ├── RateLimited      429, with the server's Retry-After if any
+    │       ├── ServerError      408 and 5xx
+    │       ├── ConnectionFailed refused, reset, DNS, timeout
+    │       └── BadResponse      truncated body, non-JSON, wrong envelope
+    ├── ApiUnreachable           the base URL never answered                  exit 5
+    ├── DataError                a record that cannot be placed in the lake
+    ├── StorageError             the lake could not be written
+    │   ├── StorageAccessError   denied, no bucket, bad credentials           exit 4
+    │   └── TransientStorageError  S3 5xx, SlowDown, reset: retried
+    └── Interrupted              SIGINT/SIGTERM stopped the run               exit 130
+"""
+
+from __future__ import annotations
+
+
+class HarvesterError(Exception):
+    """Base of every error the harvester raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(HarvesterError):
+    """Bad input: a flag, a config file or the environment is wrong."""
+
+    exit_code = 2
+
+
+class ApiError(HarvesterError):
+    """The Threat Grid API refused a request or answered something unusable."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class AuthError(ApiError):
+    """The API refused the key (401/403); the whole run stops."""
+
+    exit_code = 3
+
+
+class RequestRejected(ApiError):
+    """The API rejected the request as malformed (400 and other 4xx); not retried."""
+
+
+class PagingError(ApiError):
+    """Paging went wrong: the server repeated a page or ignored the offset."""
+
+
+class TransientError(ApiError):
+    """A failure that may pass: retried with backoff within the retry policy."""
+
+
+class RateLimited(TransientError):
+    """429 Too Many Requests; ``retry_after`` is the server's hint in seconds."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message, status=429)
+        self.retry_after = retry_after
+
+
+class ServerError(TransientError):
+    """408 or 5xx from the API."""
+
+
+class ConnectionFailed(TransientError):
+    """The connection failed or timed out before a full response arrived."""
+
+
+class BadResponse(TransientError):
+    """The body was truncated, not JSON, or not the documented envelope."""
+
+
+class ApiUnreachable(HarvesterError):
+    """The base URL did not answer at all, even after retries."""
+
+    exit_code = 5
+
+
+class DataError(HarvesterError):
+    """A record from the API cannot be placed in the lake (e.g. no timestamp)."""
+
+
+class StorageError(HarvesterError):
+    """The lake (local disk or S3) could not be read or written."""
+
+    exit_code = 4
+
+
+class StorageAccessError(StorageError):
+    """Access denied, missing bucket or bad credentials: the run stops."""
+
+
+class TransientStorageError(StorageError):
+    """An S3 hiccup (5xx, SlowDown, reset) that is retried."""
+
+
+class Interrupted(HarvesterError):
+    """The run was stopped by SIGINT or SIGTERM."""
+
+    exit_code = 130

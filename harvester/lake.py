@@ -1,0 +1,152 @@
+"""The lake writer: one window's records into date-partitioned Parquet files.
+
+Layout: ``{feed}/dt=YYYY-MM-DD/part-{window}.parquet``, ``dt`` taken from each
+record's own timestamp in UTC. The name depends only on (feed, window), so
+harvesting a window again replaces its files instead of adding new ones. Files are
+zstd-compressed, one schema per feed (:mod:`harvester.schemas`).
+
+:class:`WindowWriter` streams: each page is filtered to the rows the window owns,
+split by day and appended to a per-day :class:`pyarrow.parquet.ParquetWriter` on a
+staging path, in row groups of ``row_group_rows``. Memory stays bounded by one row
+group per open day whatever the window holds. :meth:`WindowWriter.finish` commits the
+files and removes any file a previous attempt left for a day that is now empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from harvester.schemas import Feed
+from harvester.storage import Store, StoredFile
+from harvester.windows import EPOCH, Window
+
+ROW_GROUP_ROWS = 128 * 1024
+COMPRESSION = "zstd"
+
+
+def data_key(feed: str, day: date, window: Window) -> str:
+    """The object key of ``feed``'s file for ``day`` written by ``window``."""
+    return f"{feed}/dt={day.isoformat()}/part-{window.key}.parquet"
+
+
+def owned_rows(table: pa.Table, window: Window) -> pa.Table:
+    """The rows of ``table`` whose timestamp lies in ``[start, end)``."""
+    stamps = table.column("timestamp")
+    start = pa.scalar(window.start, type=stamps.type)
+    end = pa.scalar(window.end, type=stamps.type)
+    mask = pc.and_(pc.greater_equal(stamps, start), pc.less(stamps, end))
+    return table.filter(mask)
+
+
+def split_by_day(table: pa.Table, window: Window) -> dict[date, pa.Table]:
+    """Group rows by their UTC date (the ``dt`` partition)."""
+    days = window.days()
+    if len(days) == 1:
+        return {days[0]: table} if table.num_rows else {}
+    day_numbers = pc.divide(table.column("timestamp").cast(pa.int64()), 86400)
+    parts = {}
+    for day in days:
+        number = (day - EPOCH.date()).days
+        part = table.filter(pc.equal(day_numbers, number))
+        if part.num_rows:
+            parts[day] = part
+    return parts
+
+
+@dataclass(kw_only=True)
+class _DayFile:
+    staged: Path
+    stack: contextlib.AsyncExitStack
+    writer: pq.ParquetWriter
+    pending: list[pa.Table] = field(default_factory=list)
+    pending_rows: int = 0
+    rows: int = 0
+
+
+class WindowWriter:
+    """Writes one (feed, window) to the lake; use as ``async with``.
+
+    Leaving the block without :meth:`finish` (an error, a cancel) discards every
+    staged file: nothing half-written is ever visible.
+    """
+
+    def __init__(
+        self, store: Store, feed: Feed, window: Window, *, row_group_rows: int = ROW_GROUP_ROWS
+    ) -> None:
+        self.store = store
+        self.feed = feed
+        self.window = window
+        self.row_group_rows = row_group_rows
+        self.rows = 0
+        self.dropped = 0
+        self._days: dict[date, _DayFile] = {}
+
+    async def __aenter__(self) -> WindowWriter:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._close_all()
+
+    async def add(self, table: pa.Table) -> None:
+        """Append the rows of ``table`` that this window owns."""
+        owned = owned_rows(table, self.window)
+        self.dropped += table.num_rows - owned.num_rows
+        for day, part in split_by_day(owned, self.window).items():
+            handle = self._days.get(day) or await self._open(day)
+            handle.pending.append(part)
+            handle.pending_rows += part.num_rows
+            handle.rows += part.num_rows
+            self.rows += part.num_rows
+            if handle.pending_rows >= self.row_group_rows:
+                await self._flush(handle)
+
+    async def _open(self, day: date) -> _DayFile:
+        stack = contextlib.AsyncExitStack()
+        staged = await stack.enter_async_context(
+            self.store.staging(data_key(self.feed.name, day, self.window))
+        )
+        writer = await asyncio.to_thread(
+            pq.ParquetWriter, staged, self.feed.schema, compression=COMPRESSION
+        )
+        handle = _DayFile(staged=staged, stack=stack, writer=writer)
+        self._days[day] = handle
+        return handle
+
+    async def _flush(self, handle: _DayFile) -> None:
+        if not handle.pending:
+            return
+        batch = pa.concat_tables(handle.pending)
+        handle.pending, handle.pending_rows = [], 0
+        await asyncio.to_thread(handle.writer.write_table, batch, self.row_group_rows)
+
+    async def finish(self) -> list[StoredFile]:
+        """Close and commit every day file; delete files a day no longer has."""
+        stored = []
+        for day, handle in sorted(self._days.items()):
+            await self._flush(handle)
+            await asyncio.to_thread(handle.writer.close)
+            key = data_key(self.feed.name, day, self.window)
+            stored.append(await self.store.commit(handle.staged, key))
+        written = {s.key for s in stored}
+        for day in self.window.days():
+            key = data_key(self.feed.name, day, self.window)
+            if key not in written:
+                # An earlier, interrupted attempt may have left a file for this day.
+                await self.store.delete(key)
+        await self._close_all()
+        return stored
+
+    async def _close_all(self) -> None:
+        handles, self._days = list(self._days.values()), {}
+        for handle in handles:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(handle.writer.close)
+            await handle.stack.aclose()

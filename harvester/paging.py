@@ -1,0 +1,98 @@
+"""Limit/offset paging inside one window, with pages fetched ahead.
+
+The server may apply a smaller limit than we ask for; ``items_per_page`` says what it
+applied. So the offset advances by what came back, and paging stops only on an empty
+page or one shorter than ``items_per_page`` -- never on "fewer than I asked for",
+which silently loses data when the server clamps.
+
+Once the first page has told us the page size, up to ``prefetch`` later pages are
+requested at once (offsets ``o``, ``o + size``, ...) and handed on strictly in offset
+order. If the server changes its page size mid-way, the pipeline restarts from the
+last verified offset. A page that repeats an earlier one, or one whose ``index`` is not
+the offset asked for, fails the window with :class:`PagingError` instead of looping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import orjson
+
+from harvester.client import Page
+from harvester.errors import PagingError
+
+FetchPage = Callable[[int, int], Awaitable[Page]]
+OnPage = Callable[[Page], Awaitable[None]]
+
+
+@dataclass(kw_only=True)
+class PagingResult:
+    """What paging one window did."""
+
+    pages: int = 0
+    items: int = 0
+
+
+async def page_through(
+    fetch: FetchPage, *, limit: int, prefetch: int, on_page: OnPage
+) -> PagingResult:
+    """Fetch every page of one query, calling ``on_page`` for each in offset order."""
+    result = PagingResult()
+    seen: dict[int, int] = {}
+
+    async def accept(page: Page, offset: int) -> None:
+        if page.index != offset:
+            raise PagingError(
+                f"asked for offset {offset}, the server answered index {page.index}; "
+                "it does not page as documented"
+            )
+        if len(page.items) > page.items_per_page:
+            raise PagingError(
+                f"page at offset {offset} holds {len(page.items)} items, more than its "
+                f"items_per_page {page.items_per_page}"
+            )
+        if page.items:
+            fingerprint = hash(orjson.dumps(page.items))
+            if fingerprint in seen:
+                raise PagingError(
+                    f"the server returned the same page at offsets {seen[fingerprint]} and "
+                    f"{offset}; stopping instead of looping"
+                )
+            seen[fingerprint] = offset
+            result.pages += 1
+            result.items += len(page.items)
+            await on_page(page)
+
+    first = await fetch(0, limit)
+    await accept(first, 0)
+    size = first.items_per_page
+    offset = len(first.items)
+    if len(first.items) < size:
+        return result
+
+    while True:
+        pending: deque[tuple[int, asyncio.Task[Page]]] = deque()
+        cursor = offset
+        try:
+            while True:
+                while len(pending) < prefetch:
+                    pending.append((cursor, asyncio.ensure_future(fetch(cursor, limit))))
+                    cursor += size
+                at, task = pending.popleft()
+                page = await task
+                await accept(page, at)
+                offset = at + len(page.items)
+                if page.items_per_page != size:
+                    size = page.items_per_page  # offsets ahead were computed with the old size
+                    if len(page.items) < size:
+                        return result
+                    break
+                if len(page.items) < size:
+                    return result
+        finally:
+            for _, task in pending:
+                task.cancel()
+            await asyncio.gather(*(task for _, task in pending), return_exceptions=True)

@@ -1,0 +1,153 @@
+"""The seven IOC feeds: their fields, filters and Arrow schemas, and items -> Arrow.
+
+Each feed is one table. Its columns are the common fields, the feed's own fields and a
+string column ``extra`` that holds, as a JSON object, anything the schema does not know
+and any value whose type does not fit its column. Nothing the API sends is dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from harvester.errors import DataError
+
+TIMESTAMP = pa.timestamp("s", tz="UTC")
+INT = pa.int32()
+BIGINT = pa.int64()
+STR = pa.string()
+
+COMMON: tuple[tuple[str, pa.DataType], ...] = (
+    ("timestamp", TIMESTAMP),
+    ("ioc", STR),
+    ("confidence", INT),
+    ("severity", INT),
+    ("sample_id", STR),
+    ("sample_sha256", STR),
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Feed:
+    """One IOC feed: its API name, its own typed fields and its result restrictions."""
+
+    name: str
+    own: tuple[tuple[str, pa.DataType], ...]
+    restrictions: tuple[str, ...]
+
+    @property
+    def fields(self) -> tuple[tuple[str, pa.DataType], ...]:
+        """Typed fields in column order: common first, then the feed's own."""
+        return COMMON + self.own
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The Parquet schema of this feed's table (without the ``dt`` partition)."""
+        return pa.schema([pa.field(n, t) for n, t in self.fields] + [pa.field("extra", STR)])
+
+
+FEEDS: dict[str, Feed] = {
+    f.name: f
+    for f in (
+        Feed(name="ips", own=(("ip", STR), ("port", INT)), restrictions=("ip",)),
+        Feed(name="domains", own=(("domain", STR),), restrictions=("domain",)),
+        Feed(name="urls", own=(("url", STR),), restrictions=("url",)),
+        Feed(
+            name="artifacts",
+            own=(("aid", BIGINT), ("artifact_md5", STR), ("artifact_sha256", STR), ("path", STR)),
+            restrictions=("sha256", "sha1", "md5", "path"),
+        ),
+        Feed(name="paths", own=(("path", STR),), restrictions=("path",)),
+        Feed(
+            name="network_streams",
+            own=(("src", STR), ("src_port", INT), ("dst", STR), ("dst_port", INT)),
+            restrictions=("ip", "port"),
+        ),
+        Feed(name="registry_keys", own=(("registry_key", STR),), restrictions=("registry_key",)),
+    )
+}
+
+_INT_RANGE = {INT: (-(2**31), 2**31 - 1), BIGINT: (-(2**63), 2**63 - 1)}
+
+
+def _fits(value: Any, kind: pa.DataType) -> bool:
+    if value is None:
+        return True
+    if kind in (STR, TIMESTAMP):
+        return isinstance(value, str)
+    low, high = _INT_RANGE[kind]
+    return type(value) is int and low <= value <= high
+
+
+def items_to_table(feed: Feed, items: Sequence[Mapping[str, Any]]) -> pa.Table:
+    """Turn API items into a typed Arrow table of ``feed``'s schema.
+
+    Values that fit their column go there. Unknown keys, and values whose type does not
+    fit (a confidence sent as ``"95"``), go into ``extra`` under their own key, so the
+    original item can always be rebuilt. An item without a parseable ``timestamp``
+    cannot be placed in a window and raises :class:`DataError`.
+    """
+    types = dict(feed.fields)
+    names = list(types)
+    columns: dict[str, list[Any]] = {n: [None] * len(items) for n in names}
+    extras: list[str | None] = [None] * len(items)
+    for row, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            raise DataError(f"{feed.name}: item {row} is {type(item).__name__}, expected object")
+        leftover: dict[str, Any] | None = None
+        for key, value in item.items():
+            kind = types.get(key)
+            if kind is not None and _fits(value, kind):
+                columns[key][row] = value
+                if kind == TIMESTAMP and not _canonical_time(value):
+                    # Parsed for the column, but the original text is kept: lossless.
+                    leftover = leftover or {}
+                    leftover[key] = value
+            else:
+                leftover = leftover or {}
+                leftover[key] = value
+        if leftover:
+            extras[row] = orjson.dumps(leftover, option=orjson.OPT_SORT_KEYS).decode()
+    arrays = [_typed(feed, n, t, columns[n]) for n, t in feed.fields]
+    arrays.append(pa.array(extras, type=STR))
+    return pa.Table.from_arrays(arrays, schema=feed.schema)
+
+
+def _canonical_time(value: str) -> bool:
+    return len(value) == 20 and value[10] == "T" and value[19] == "Z"
+
+
+def _typed(feed: Feed, name: str, kind: pa.DataType, values: list[Any]) -> pa.Array:
+    if kind != TIMESTAMP:
+        return pa.array(values, type=kind)
+    if any(v is None for v in values):
+        raise DataError(f"{feed.name}: an item has no timestamp; it cannot be placed in a window")
+    return parse_timestamps(feed.name, pa.array(values, type=STR))
+
+
+def parse_timestamps(feed: str, text: pa.Array) -> pa.Array:
+    """Parse API timestamps (``YYYY-MM-DDTHH:MM:SSZ``) to ``timestamp[s, UTC]``.
+
+    The documented form is parsed vectorised; anything else (fractions, offsets) goes
+    through Python's ISO parser, and an unparseable one raises :class:`DataError`.
+    """
+    try:
+        return pc.strptime(text, format="%Y-%m-%dT%H:%M:%SZ", unit="s").cast(TIMESTAMP)
+    except pa.ArrowInvalid:
+        pass
+    parsed = []
+    for value in text.to_pylist():
+        try:
+            moment = datetime.fromisoformat(value.replace("z", "Z"))
+        except ValueError:
+            raise DataError(f"{feed}: timestamp {value!r} is not ISO 8601") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        parsed.append(int(moment.timestamp()))
+    return pa.array(parsed, type=pa.int64()).cast(TIMESTAMP)

@@ -1,0 +1,105 @@
+"""Paging inside a window, against a fake page source (no HTTP: pure logic)."""
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from harvester.client import Page
+from harvester.errors import PagingError
+from harvester.paging import page_through
+
+
+def source(total: int, clamp: int, *, sizes: Callable[[int], int] | None = None):
+    """A page source over items 0..total-1 that clamps limit like a real server."""
+    calls: list[int] = []
+
+    async def fetch(offset: int, limit: int) -> Page:
+        calls.append(offset)
+        await asyncio.sleep(0)
+        size = min(limit, sizes(len(calls)) if sizes else clamp)
+        items = [{"n": i} for i in range(offset, min(offset + size, total))]
+        return Page(index=offset, items_per_page=size, items=items)
+
+    return fetch, calls
+
+
+def collect(fetch, *, limit: int, prefetch: int) -> list[int]:
+    seen: list[int] = []
+
+    async def on_page(page: Page) -> None:
+        seen.extend(item["n"] for item in page.items)
+
+    asyncio.run(page_through(fetch, limit=limit, prefetch=prefetch, on_page=on_page))
+    return seen
+
+
+@settings(max_examples=150, deadline=None)
+@given(total=st.integers(0, 400), clamp=st.integers(1, 60), limit=st.integers(1, 100),
+       prefetch=st.integers(1, 6))
+def test_every_item_once_in_order(total: int, clamp: int, limit: int, prefetch: int) -> None:
+    """Whatever the clamp, limit and prefetch depth, each item arrives once, in order."""
+    fetch, _ = source(total, clamp)
+    assert collect(fetch, limit=limit, prefetch=prefetch) == list(range(total))
+
+
+def test_clamped_limit_does_not_stop_early() -> None:
+    """A server that applies 10 when asked for 1000 is paged to the end, not stopped."""
+    fetch, calls = source(95, 10)
+    assert collect(fetch, limit=1000, prefetch=1) == list(range(95))
+    assert calls == list(range(0, 100, 10))
+
+
+def test_exact_multiple_ends_on_empty_page() -> None:
+    """When the total is a multiple of the page size, an empty page ends paging."""
+    fetch, calls = source(30, 10)
+    assert collect(fetch, limit=10, prefetch=1) == list(range(30))
+    assert calls[-1] == 30
+
+
+@given(st.lists(st.integers(3, 12), min_size=1, max_size=30), st.integers(1, 5))
+@settings(max_examples=80, deadline=None)
+def test_page_size_changing_midway_loses_nothing(sizes: list[int], prefetch: int) -> None:
+    """If the server changes its page size between pages, paging restarts correctly."""
+    fetch, _ = source(200, 0, sizes=lambda n: sizes[(n - 1) % len(sizes)])
+    assert collect(fetch, limit=50, prefetch=prefetch) == list(range(200))
+
+
+def test_repeated_page_fails_instead_of_looping() -> None:
+    """A server that ignores offset (same items, right index) is caught, not looped on."""
+
+    async def fetch(offset: int, limit: int) -> Page:
+        return Page(index=offset, items_per_page=10, items=[{"n": i} for i in range(10)])
+
+    with pytest.raises(PagingError, match="same page at offsets 0 and 10"):
+        collect(fetch, limit=10, prefetch=3)
+
+
+def test_wrong_index_fails() -> None:
+    """A page whose index is not the offset asked for is an error."""
+
+    async def fetch(offset: int, limit: int) -> Page:
+        return Page(index=0, items_per_page=10, items=[{"n": offset + i} for i in range(10)])
+
+    with pytest.raises(PagingError, match="asked for offset 10"):
+        collect(fetch, limit=10, prefetch=2)
+
+
+def test_failure_cancels_pages_in_flight() -> None:
+    """An error on one page leaves no fetch task running behind it."""
+    started: list[int] = []
+    finished: list[int] = []
+
+    async def fetch(offset: int, limit: int) -> Page:
+        started.append(offset)
+        if offset == 20:
+            raise RuntimeError("boom")
+        await asyncio.sleep(0.05)
+        finished.append(offset)
+        return Page(index=offset, items_per_page=10, items=[{"n": offset + i} for i in range(10)])
+
+    with pytest.raises(RuntimeError):
+        collect(fetch, limit=10, prefetch=4)
+    assert set(finished) < set(started)
