@@ -105,7 +105,7 @@ def items_to_table(feed: Feed, items: Sequence[Mapping[str, Any]]) -> pa.Table:
             kind = types.get(key)
             if kind is not None and _fits(value, kind):
                 columns[key][row] = value
-                if kind == TIMESTAMP and not _canonical_time(value):
+                if kind == TIMESTAMP and value is not None and not _canonical_time(value):
                     # Parsed for the column, but the original text is kept: lossless.
                     leftover = leftover or {}
                     leftover[key] = value

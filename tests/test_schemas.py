@@ -1,0 +1,76 @@
+"""Items -> typed Arrow: known fields typed, everything else kept losslessly in extra."""
+
+import orjson
+import pyarrow as pa
+import pytest
+
+from harvester.errors import DataError
+from harvester.schemas import FEEDS, items_to_table
+
+
+def item(**over: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "timestamp": "2024-01-01T00:00:00Z", "ioc": "x", "confidence": 90, "severity": 80,
+        "sample_id": "a" * 32, "sample_sha256": "b" * 64, "domain": "example.com",
+    }
+    base.update(over)
+    return base
+
+
+def test_known_fields_are_typed_and_extra_is_null() -> None:
+    """A documented item fills typed columns and leaves extra null."""
+    table = items_to_table(FEEDS["domains"], [item()])
+    row = table.to_pylist()[0]
+    assert table.schema.field("timestamp").type == pa.timestamp("s", tz="UTC")
+    assert table.schema.field("confidence").type == pa.int32()
+    assert row["domain"] == "example.com" and row["extra"] is None
+
+
+def test_unknown_and_mistyped_values_go_to_extra() -> None:
+    """A new field and a confidence sent as a string both survive in extra."""
+    table = items_to_table(FEEDS["domains"], [item(confidence="95", family={"name": "emotet"})])
+    row = table.to_pylist()[0]
+    assert row["confidence"] is None
+    assert orjson.loads(row["extra"]) == {"confidence": "95", "family": {"name": "emotet"}}
+
+
+def test_nulls_and_missing_fields_are_nulls() -> None:
+    """A null value and a missing field become null, not errors."""
+    raw = item(port=None, ip="::1")
+    del raw["domain"]
+    row = items_to_table(FEEDS["ips"], [raw]).to_pylist()[0]
+    assert row["port"] is None and row["ip"] == "::1" and row["extra"] is None
+
+
+def test_bool_is_not_an_integer() -> None:
+    """true is not silently stored as confidence 1."""
+    row = items_to_table(FEEDS["domains"], [item(confidence=True)]).to_pylist()[0]
+    assert row["confidence"] is None and orjson.loads(row["extra"]) == {"confidence": True}
+
+
+def test_out_of_range_integer_goes_to_extra() -> None:
+    """An int too big for its column is kept in extra, not overflowed."""
+    row = items_to_table(FEEDS["ips"], [item(port=2**40)]).to_pylist()[0]
+    assert row["port"] is None and orjson.loads(row["extra"]) == {"domain": "example.com",
+                                                                  "port": 2**40}
+
+
+def test_noncanonical_timestamp_is_parsed_and_kept() -> None:
+    """A timestamp with an offset is typed and its original text is kept in extra."""
+    row = items_to_table(FEEDS["domains"], [item(timestamp="2024-01-01T01:00:00+01:00")]).to_pylist()[0]
+    assert row["timestamp"].isoformat() == "2024-01-01T00:00:00+00:00"
+    assert orjson.loads(row["extra"]) == {"timestamp": "2024-01-01T01:00:00+01:00"}
+
+
+def test_missing_timestamp_is_a_data_error() -> None:
+    """An item with no timestamp cannot be windowed: a clear error, not a silent drop."""
+    with pytest.raises(DataError, match="no timestamp"):
+        items_to_table(FEEDS["domains"], [item(timestamp=None)])
+
+
+def test_every_feed_schema_is_athena_safe() -> None:
+    """Column names are lowercase identifiers and every feed has extra last."""
+    for feed in FEEDS.values():
+        names = feed.schema.names
+        assert names[-1] == "extra"
+        assert all(n.islower() and n.replace("_", "").isalnum() for n in names)
