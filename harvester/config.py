@@ -77,7 +77,7 @@ class Query:
     :attr:`fingerprint` is what the manifest compares.
     """
 
-    source: str
+    source: str  # the API host: records from another region are other records
     confidence: int | None = None
     severity: int | None = None
     ioc: str | None = None
@@ -328,7 +328,7 @@ def build_config(options: dict[str, Any], env: dict[str, str] | None = None) -> 
     # --rate is the whole job's allowance: N shards running at once share it.
     rate = _float(merged, "rate") / shard.count
     query = Query(
-        source=urlsplit(_base_url(str(merged["base_url"]))).netloc,
+        source=urlsplit(_base_url(str(merged["base_url"]))).hostname or "",
         confidence=_int(merged, "confidence"),
         severity=_int(merged, "severity"),
         ioc=merged.get("ioc") or None,

@@ -46,7 +46,7 @@ class _Wait(tenacity.wait.wait_base):
 
     def __init__(self, policy: RetryPolicy) -> None:
         self._backoff = tenacity.wait_exponential_jitter(
-            initial=policy.initial, max=policy.maximum, jitter=policy.jitter
+            multiplier=policy.initial, max=policy.maximum, jitter=policy.jitter
         )
         self._maximum = max(policy.maximum, 0.0)
 
@@ -88,4 +88,7 @@ async def call_with_retry(
         before_sleep=before_sleep,
         reraise=True,
     )
-    return await retrying(operation)
+    async for attempt in retrying:
+        with attempt:
+            return await operation()
+    raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
