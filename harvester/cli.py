@@ -25,12 +25,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+import orjson
 import structlog
 
 from harvester import logs
+from harvester.cli_support import print_table
 from harvester.config import API_KEY_ENV, DEFAULTS, build_config, load_toml
 from harvester.errors import ConfigError, HarvesterError
-from harvester.orchestrator import Harvest, RunResult, plan
+from harvester.orchestrator import Harvest, Plan, RunResult, describe_plan, plan
 from harvester.secret import Secret, redact
 from harvester.storage import open_store
 
@@ -100,6 +102,13 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="N shards; the index comes from JOB_COMPLETION_INDEX or AWS_BATCH_JOB_ARRAY_INDEX",
     )
+    add(
+        "--since-last",
+        action="store_const",
+        const=True,
+        help="continue each feed from the end of its last contiguous complete window",
+    )
+    add("--lag", metavar="DURATION", help="with --before now: skip windows ending after now-lag")
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -107,25 +116,68 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-json", action="store_true", help="JSON logs even on a TTY")
 
 
+PLAN_EXAMPLES = """examples:
+  harvester plan --after 2020-01-01 --before 2024-01-01 --out s3://bucket/tg --shards 8
+  harvester plan --config configs/nightly-s3.toml --since-last --before now --lag 1h
+"""
+STATUS_EXAMPLES = """examples:
+  harvester status --out ./lake
+  harvester status --out s3://bucket/tg --json | jq .feeds.ips
+"""
+DDL_EXAMPLES = """examples:
+  harvester ddl --out s3://bucket/tg --engine athena --database threatgrid > tables.sql
+  harvester ddl --out ./lake --engine duckdb | duckdb lake.duckdb
+"""
+
+
+def _sub(sub: Any, name: str, summary: str, examples: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=summary,
+        description=summary,
+        epilog=examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = _Parser(prog="harvester", description="Archive Threat Grid IOC feeds to Parquet.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    run = sub.add_parser(
-        "run",
-        help="harvest a time range into the lake",
-        epilog=RUN_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    run = _sub(sub, "run", "harvest a time range into the lake", RUN_EXAMPLES)
     _add_run_options(run)
+    run.add_argument("--no-progress", action="store_true", help="no live progress display")
     _add_common(run)
-    sim = sub.add_parser(
+    plan_cmd = _sub(sub, "plan", "show what run would do, without calling the API", PLAN_EXAMPLES)
+    _add_run_options(plan_cmd)
+    plan_cmd.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_common(plan_cmd)
+    status = _sub(
+        sub, "status", "what the lake holds: complete, failed and missing dates", STATUS_EXAMPLES
+    )
+    status.add_argument("--out", required=True, metavar="DIR|s3://BUCKET/PREFIX")
+    status.add_argument("--s3-endpoint-url", metavar="URL")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_common(status)
+    ddl = _sub(sub, "ddl", "print CREATE statements for Athena or DuckDB", DDL_EXAMPLES)
+    ddl.add_argument("--out", required=True, metavar="DIR|s3://BUCKET/PREFIX")
+    ddl.add_argument("--engine", required=True, choices=("athena", "duckdb"))
+    ddl.add_argument(
+        "--database", default="threatgrid", help="Athena database (default threatgrid)"
+    )
+    ddl.add_argument(
+        "--since",
+        default="2013-01-01",
+        help="first dt for Athena partition projection (default 2013-01-01)",
+    )
+    _add_common(ddl)
+    sim = _sub(
+        sub,
         "simulate",
-        help="serve a simulated Threat Grid API on loopback",
-        epilog="example:\n  harvester simulate --port 8080 --seed 7\n"
-        "  THREATGRID_API_KEY=sim-key harvester run --base-url "
-        "http://127.0.0.1:8080 ...",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "serve a simulated Threat Grid API on loopback",
+        "example:\n  harvester simulate --port 8080 --seed 7\n"
+        "  THREATGRID_API_KEY=sim-key harvester run --base-url http://127.0.0.1:8080 ...\n",
     )
     sim.add_argument("--port", type=int, default=8080)
     sim.add_argument("--host", default="127.0.0.1")
@@ -137,7 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--rate-limit", type=float, help="answer 429 above this many requests/s")
     sim.add_argument("--error-rate", type=float, default=0.0, help="share of 5xx answers")
     _add_common(sim)
-    demo = sub.add_parser("demo", help="harvest a month from a built-in simulator, then query it")
+    demo = _sub(
+        sub,
+        "demo",
+        "harvest a month from a built-in simulator, then query it",
+        "example:\n  harvester demo --out ./demo-lake\n",
+    )
     demo.add_argument("--out", default="./demo-lake")
     _add_common(demo)
     return parser
@@ -234,7 +291,11 @@ def command_run(args: argparse.Namespace) -> int:
     key = api_key_from_env()
     store = open_store(config.out, s3_endpoint_url=config.s3_endpoint_url)
     harvest = Harvest(config, api_key=key, store=store)
-    result = asyncio.run(_run_async(harvest))
+    from harvester.progress import live_progress
+
+    show = sys.stderr.isatty() and not args.no_progress
+    with live_progress(harvest.snapshot, enabled=show):
+        result = asyncio.run(_run_async(harvest))
     summarise(result)
     if result.interrupted:
         _say("interrupted; finished windows are saved, run the same command again to resume")
@@ -245,6 +306,67 @@ def command_run(args: argparse.Namespace) -> int:
             "run the same command again to finish them"
         )
         return 1
+    return 0
+
+
+def command_plan(args: argparse.Namespace) -> int:
+    """``harvester plan``: the run's plan from the manifest alone; no API call."""
+    config = build_config(_options(args))
+    store = open_store(config.out, s3_endpoint_url=config.s3_endpoint_url)
+
+    async def go() -> Plan:
+        try:
+            return await plan(config, store)
+        finally:
+            await store.close()
+
+    view = describe_plan(asyncio.run(go()), config.shard.count)
+    if args.json:
+        print(orjson.dumps(view, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    print(
+        f"Plan for {config.out}: {view['units']} windows, {view['done']} done, "
+        f"{view['todo']} to harvest, at least {view['min_requests']} requests\n"
+    )
+    rows = [
+        (f, v["windows"], v["done"], v["todo"], v["first"], v["last"])
+        for f, v in view["feeds"].items()
+    ]
+    print_table(["feed", "windows", "done", "todo", "from", "until"], rows)
+    if config.shard.count > 1:
+        print()
+        print_table(
+            ["shard", "windows", "todo"],
+            [(s["shard"], s["units"], s["todo"]) for s in view["shards"]],
+        )
+    return 0
+
+
+def command_status(args: argparse.Namespace) -> int:
+    """``harvester status``: what the lake holds, from its manifest and run reports."""
+    from harvester.status import collect_status, render_status
+
+    store = open_store(args.out, s3_endpoint_url=args.s3_endpoint_url)
+
+    async def go() -> dict[str, Any]:
+        try:
+            return await collect_status(store)
+        finally:
+            await store.close()
+
+    status = asyncio.run(go())
+    if args.json:
+        print(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(render_status(status))
+    return 0
+
+
+def command_ddl(args: argparse.Namespace) -> int:
+    """``harvester ddl``: CREATE statements for the lake's tables."""
+    from harvester.ddl import render_ddl
+
+    print(render_ddl(args.out, engine=args.engine, database=args.database, since=args.since))
     return 0
 
 
@@ -271,7 +393,14 @@ def command_demo(args: argparse.Namespace) -> int:
     return run_demo(out=args.out)
 
 
-COMMANDS = {"run": command_run, "simulate": command_simulate, "demo": command_demo}
+COMMANDS = {
+    "run": command_run,
+    "plan": command_plan,
+    "status": command_status,
+    "ddl": command_ddl,
+    "simulate": command_simulate,
+    "demo": command_demo,
+}
 
 
 def _say(message: str) -> None:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,7 +23,13 @@ import orjson
 
 from harvester.errors import ConfigError
 from harvester.schemas import FEEDS
-from harvester.windows import format_api, format_duration, parse_duration, parse_instant
+from harvester.windows import (
+    floor_to,
+    format_api,
+    format_duration,
+    parse_duration,
+    parse_instant,
+)
 
 API_KEY_ENV = "THREATGRID_API_KEY"
 DEFAULT_BASE_URL = "https://panacea.threatgrid.com"
@@ -66,6 +73,8 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "s3_endpoint_url": (str,),
     "shard": (str,),
     "shards": (int,),
+    "since_last": (bool,),
+    "lag": (str,),
 }
 
 
@@ -142,7 +151,7 @@ class Shard:
 class HarvestConfig:
     """Everything one ``harvester run`` needs, validated."""
 
-    after: datetime
+    after: datetime | None
     before: datetime
     out: str
     feeds: tuple[str, ...]
@@ -159,6 +168,7 @@ class HarvestConfig:
     request_timeout: float = 60.0
     s3_endpoint_url: str | None = None
     shard: Shard = field(default_factory=Shard)
+    since_last: bool = False
 
     def __post_init__(self) -> None:
         for name in ("limit", "concurrency", "prefetch", "attempts"):
@@ -172,11 +182,13 @@ class HarvestConfig:
             raise ConfigError(f"--auth {self.auth!r} is unknown; use header or query")
         if not self.feeds:
             raise ConfigError("no feeds selected; use --feeds all or a list like ips,domains")
+        if self.after is None and not self.since_last:
+            raise ConfigError("--after is required (flag or config file), unless --since-last")
 
     def describe(self) -> dict[str, Any]:
         """The run's parameters as JSON-able data, for reports. Holds no secret."""
         return {
-            "after": format_api(self.after),
+            "after": format_api(self.after) if self.after else None,
             "before": format_api(self.before),
             "out": self.out,
             "feeds": list(self.feeds),
@@ -188,6 +200,7 @@ class HarvestConfig:
             "rate": self.rate,
             "auth": self.auth,
             "shard": str(self.shard),
+            "since_last": self.since_last,
         }
 
 
@@ -309,19 +322,40 @@ def parse_shard(value: str | None, shards: int | None, env: dict[str, str]) -> S
     )
 
 
-def build_config(options: dict[str, Any], env: dict[str, str] | None = None) -> HarvestConfig:
-    """Build and validate a :class:`HarvestConfig` from merged options."""
+def build_config(
+    options: dict[str, Any], env: dict[str, str] | None = None, *, now: datetime | None = None
+) -> HarvestConfig:
+    """Build and validate a :class:`HarvestConfig` from merged options.
+
+    ``--before now`` (with an optional ``--lag``) becomes the last grid edge at or before
+    ``now - lag``: a window that may still receive records is left for the next run.
+    """
     env = dict(os.environ) if env is None else env
     merged = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
-    for required in ("after", "before", "out"):
+    since_last = bool(merged.get("since_last"))
+    for required in ("before", "out") if since_last else ("after", "before", "out"):
         if merged.get(required) in (None, ""):
             raise ConfigError(f"--{required} is required (flag or config file)")
+    window = parse_duration(str(merged["window"]))
+    lag = parse_lag(str(merged.get("lag") or "0m"))
 
-    def instant(name: str) -> datetime:
-        value = merged[name]
+    def instant(name: str) -> datetime | None:
+        value = merged.get(name)
+        if value in (None, ""):
+            return None
         if isinstance(value, datetime):
             value = value.isoformat()
-        return parse_instant(str(value), name=f"--{name}")
+        if name == "before" and str(value).strip().lower() == "now":
+            moment = (now or datetime.now(UTC)) - lag
+            return floor_to(moment.replace(microsecond=0), window)
+        moment = parse_instant(str(value), name=f"--{name}")
+        if name == "before" and since_last:
+            moment = min(moment, (now or datetime.now(UTC)) - lag)
+            return floor_to(moment.replace(microsecond=0), window)
+        return moment
+
+    before = instant("before")
+    assert before is not None
 
     feeds = parse_feeds(merged["feeds"])
     shard = parse_shard(merged.get("shard"), _int(merged, "shards"), env)
@@ -339,11 +373,11 @@ def build_config(options: dict[str, Any], env: dict[str, str] | None = None) -> 
     )
     return HarvestConfig(
         after=instant("after"),
-        before=instant("before"),
+        before=before,
         out=str(merged["out"]),
         feeds=feeds,
         base_url=_base_url(str(merged["base_url"])),
-        window=parse_duration(str(merged["window"])),
+        window=window,
         query=query,
         limit=_int(merged, "limit") or 0,
         concurrency=_int(merged, "concurrency") or 0,
@@ -355,4 +389,16 @@ def build_config(options: dict[str, Any], env: dict[str, str] | None = None) -> 
         request_timeout=_float(merged, "request_timeout"),
         s3_endpoint_url=merged.get("s3_endpoint_url") or None,
         shard=shard,
+        since_last=since_last,
+    )
+
+
+def parse_lag(text: str) -> timedelta:
+    """Parse ``--lag`` (``0m``, ``30m``, ``1h``, ``2d``): any whole number of a unit."""
+    match = re.fullmatch(r"(\d+)([dhm])", text.strip())
+    if not match:
+        raise ConfigError(f"--lag {text!r} is not a duration; use e.g. 30m, 1h or 1d")
+    return (
+        int(match[1])
+        * {"d": timedelta(days=1), "h": timedelta(hours=1), "m": timedelta(minutes=1)}[match[2]]
     )

@@ -21,12 +21,13 @@ from typing import Any
 
 import structlog
 
-from harvester import manifest
+from harvester import manifest, report
 from harvester.client import ApiClient, Page
 from harvester.config import HarvestConfig, Shard
 from harvester.errors import (
     ApiUnreachable,
     AuthError,
+    ConfigError,
     ConnectionFailed,
     HarvesterError,
     StorageAccessError,
@@ -61,11 +62,20 @@ def assign_shard(units: list[Unit], shard: Shard) -> list[Unit]:
 
 @dataclass(frozen=True, kw_only=True)
 class Plan:
-    """What a run will do: every unit of this shard, and which are already done."""
+    """What a run will do: every unit of this shard, and which are already done.
+
+    ``every`` and ``every_done`` describe the whole job (all shards), for display.
+    """
 
     units: tuple[Unit, ...]
     done: frozenset[Unit]
-    total_units: int
+    every: tuple[Unit, ...] = ()
+    every_done: frozenset[Unit] = frozenset()
+
+    @property
+    def total_units(self) -> int:
+        """Units of the whole job, all shards together."""
+        return len(self.every)
 
     @property
     def todo(self) -> list[Unit]:
@@ -73,20 +83,54 @@ class Plan:
         return [u for u in self.units if u not in self.done]
 
 
+def resume_point(entries: dict[Window, manifest.Entry], fingerprint: str) -> datetime | None:
+    """The end of the contiguous run of complete windows that starts at the first one.
+
+    A gap (a window that failed, or was never harvested) stops the run, so a nightly
+    ``--since-last`` job goes back for it instead of skipping history for good.
+    """
+    chain_end = None
+    for window in sorted(w for w, e in entries.items() if e.fingerprint == fingerprint):
+        if chain_end is not None and window.start != chain_end:
+            break
+        chain_end = window.end
+    return chain_end
+
+
 async def plan(config: HarvestConfig, store: Store) -> Plan:
     """Plan the run; reads the manifest, makes no API call."""
-    windows = plan_windows(config.after, config.before, config.window)
-    every = [Unit(window=w, feed=f) for w in windows for f in config.feeds]
-    mine = assign_shard(every, config.shard)
-    done = set()
+    fingerprint = config.query.fingerprint
+    every: list[Unit] = []
+    entries_by_feed = {}
     for feed in config.feeds:
-        entries = await manifest.load(store, feed)
+        entries = entries_by_feed[feed] = await manifest.load(store, feed)
+        after = config.after
+        if config.since_last:
+            after = resume_point(entries, fingerprint) or config.after
+            if after is None:
+                raise ConfigError(
+                    f"--since-last: the lake has no complete {feed} window with this query "
+                    "yet; pass --after for the first run"
+                )
+        assert after is not None
+        if after >= config.before:
+            log.info("feed.up_to_date", feed=feed, until=format_api(after))
+            continue
+        windows = plan_windows(after, config.before, config.window)
         manifest.check_grid(feed, windows, entries)
-        for unit in mine:
-            entry = entries.get(unit.window) if unit.feed == feed else None
-            if entry is not None and entry.fingerprint == config.query.fingerprint:
-                done.add(unit)
-    return Plan(units=tuple(mine), done=frozenset(done), total_units=len(every))
+        every.extend(Unit(window=w, feed=feed) for w in windows)
+    every_done = frozenset(
+        u
+        for u in every
+        if (e := entries_by_feed[u.feed].get(u.window)) is not None and e.fingerprint == fingerprint
+    )
+    mine = assign_shard(every, config.shard)
+    return Plan(
+        units=tuple(mine),
+        done=every_done.intersection(mine),
+        every=tuple(sorted(every)),
+        every_done=every_done,
+    )
 
 
 @dataclass(kw_only=True)
@@ -154,7 +198,20 @@ class Harvest:
         self._on_unit = on_unit
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._client: ApiClient | None = None
         self.result = RunResult(run_id=self.run_id, feeds={f: FeedSummary() for f in config.feeds})
+
+    def snapshot(self) -> dict[str, FeedSummary]:
+        """Live per-feed totals, request counters included (for a progress display)."""
+        feeds = {}
+        for feed, summary in self.result.feeds.items():
+            live = FeedSummary(**vars(summary))
+            counters = self._client.counters.get(feed) if self._client else None
+            if counters is not None:
+                live.requests, live.retries = counters.requests, counters.retries
+                live.throttled, live.bytes = counters.throttled, counters.bytes
+            feeds[feed] = live
+        return feeds
 
     def stop(self) -> None:
         """Stop taking new units and abandon in-flight ones (their files are discarded)."""
@@ -162,7 +219,7 @@ class Harvest:
         for task in self._tasks:
             task.cancel()
 
-    def _client(self) -> ApiClient:
+    def _new_client(self) -> ApiClient:
         config = self.config
         limiter = AdaptiveRateLimiter(config.rate, clock=self._clock, sleep=self._sleep)
         policy = RetryPolicy(attempts=config.attempts, timeout=config.retry_timeout)
@@ -190,6 +247,7 @@ class Harvest:
     async def run(self, the_plan: Plan) -> RunResult:
         """Harvest every unit the plan has left to do."""
         started = self._clock()
+        started_at = format_api(datetime.now(UTC))
         todo = the_plan.todo
         for unit in the_plan.units:
             summary = self.result.feeds[unit.feed]
@@ -206,7 +264,8 @@ class Harvest:
         )
         if todo:
             await self.store.check_writable()
-            async with self._client() as client:
+            async with self._new_client() as client:
+                self._client = client
                 await self._preflight(client, todo[0])
                 gate = asyncio.Semaphore(self.config.concurrency)
                 try:
@@ -225,6 +284,13 @@ class Harvest:
                     summary.bytes = counters.bytes
         self.result.interrupted = self._stopping.is_set()
         self.result.seconds = self._clock() - started
+        if todo:
+            ended_at = format_api(datetime.now(UTC))
+            built = report.build_report(
+                self.config, self.result, started_at=started_at, ended_at=ended_at
+            )
+            key = await report.write_report(self.store, built)
+            log.info("run.report", key=key)
         return self.result
 
     async def _preflight(self, client: ApiClient, unit: Unit) -> None:
@@ -322,12 +388,29 @@ def _first_fatal(group: BaseExceptionGroup[Any]) -> BaseException:
     return group.exceptions[0]
 
 
-def describe_plan(the_plan: Plan) -> dict[str, Any]:
-    """A JSON-able view of a plan (for ``harvester plan`` and logs)."""
+def describe_plan(the_plan: Plan, shard_count: int) -> dict[str, Any]:
+    """A JSON-able view of a plan: per feed, and each shard's share of the job."""
+    feeds: dict[str, dict[str, Any]] = {}
+    for unit in the_plan.every:
+        view = feeds.setdefault(
+            unit.feed, {"windows": 0, "done": 0, "todo": 0, "first": None, "last": None}
+        )
+        view["windows"] += 1
+        view["done" if unit in the_plan.every_done else "todo"] += 1
+        view["first"] = view["first"] or format_api(unit.window.start)
+        view["last"] = format_api(unit.window.end)
+    shards = []
+    for index in range(shard_count):
+        share = assign_shard(list(the_plan.every), Shard(index=index, count=shard_count))
+        todo = [u for u in share if u not in the_plan.every_done]
+        shards.append({"shard": f"{index}/{shard_count}", "units": len(share), "todo": len(todo)})
+    todo_total = sum(v["todo"] for v in feeds.values())
     return {
-        "units": len(the_plan.units),
-        "done": len(the_plan.done),
-        "todo": len(the_plan.todo),
-        "total_units": the_plan.total_units,
-        "first": format_api(the_plan.units[0].window.start) if the_plan.units else None,
+        "units": len(the_plan.every),
+        "done": len(the_plan.every_done),
+        "todo": todo_total,
+        # one request per window at least, plus one preflight; dense windows need more pages
+        "min_requests": todo_total + (1 if todo_total else 0),
+        "feeds": feeds,
+        "shards": shards,
     }
