@@ -31,6 +31,7 @@ from harvester.errors import (
     ConnectionFailed,
     HarvesterError,
     StorageAccessError,
+    TransientError,
 )
 from harvester.lake import WindowWriter
 from harvester.paging import page_through
@@ -303,6 +304,10 @@ class Harvest:
                 f"cannot reach the API at {self.config.base_url} ({exc}); check --base-url "
                 "and the network"
             ) from exc
+        except TransientError as exc:
+            # The API answered: it is reachable and took the key. Let the window itself
+            # retry and, if it must, fail on its own.
+            log.warning("preflight.failed", feed=unit.feed, error=type(exc).__name__)
 
     async def _guarded(self, client: ApiClient, gate: asyncio.Semaphore, unit: Unit) -> None:
         summary = self.result.feeds[unit.feed]

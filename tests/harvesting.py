@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import Any
 
 from harvester.config import build_config
@@ -18,11 +19,12 @@ async def _fast_sleep(seconds: float) -> None:
     await asyncio.sleep(min(seconds, 0.01))
 
 
-def harvest(url: str, out: str, *, key: str = SIM_KEY, fast: bool = True, **options: Any) -> RunResult:
+def harvest(url: str, out: str, *, key: str = SIM_KEY, fast: bool = True,
+            now: datetime | None = None, **options: Any) -> RunResult:
     """Harvest into ``out`` from the simulator at ``url``; return the run's result."""
     merged = {"after": "2024-01-01", "before": "2024-01-04", "out": out, "base_url": url,
               "rate": 1000, "concurrency": 8, **options}
-    config = build_config(merged, env={})
+    config = build_config({k: v for k, v in merged.items() if v is not None}, env={}, now=now)
     store = open_store(out, s3_endpoint_url=config.s3_endpoint_url)
 
     async def go() -> RunResult:
