@@ -70,7 +70,7 @@ def _report(root: str) -> None:
     print_table(["feed", "rows"], counts)
     top = con.execute(
         "SELECT domain, count(*) AS sightings, max(severity) AS max_severity "
-        "FROM read_parquet(?, hive_partitioning = true) "
+        "FROM read_parquet(?, hive_partitioning = true) WHERE domain IS NOT NULL "
         "GROUP BY domain ORDER BY sightings DESC, domain LIMIT 10",
         [f"{root}/domains/*/*.parquet"],
     ).fetchall()
