@@ -184,6 +184,11 @@ class HarvestConfig:
             raise ConfigError("no feeds selected; use --feeds all or a list like ips,domains")
         if self.after is None and not self.since_last:
             raise ConfigError("--after is required (flag or config file), unless --since-last")
+        if self.after is not None and not self.after < self.before and not self.since_last:
+            raise ConfigError(
+                f"--after {format_api(self.after)} is not before --before "
+                f"{format_api(self.before)}; swap them or widen the range"
+            )
 
     def describe(self) -> dict[str, Any]:
         """The run's parameters as JSON-able data, for reports. Holds no secret."""

@@ -90,6 +90,8 @@ class WindowWriter:
         self._days: dict[date, _DayFile] = {}
 
     async def __aenter__(self) -> WindowWriter:
+        for day in self.window.days():
+            await self.store.discard_stale(data_key(self.feed.name, day, self.window))
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

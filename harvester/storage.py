@@ -71,6 +71,12 @@ class Store(abc.ABC):
     async def check_writable(self) -> None:
         """Prove the lake can be written, leaving nothing behind; raise otherwise."""
 
+    async def discard_stale(self, key: str) -> None:
+        """Remove staging leftovers of ``key`` from a process that was killed.
+
+        Only the unit that owns ``key`` calls this, so it never races another writer.
+        """
+
     async def close(self) -> None:
         """Release clients and threads."""
 
@@ -98,6 +104,13 @@ class LocalStore(Store):
             yield staged
         finally:
             await asyncio.to_thread(staged.unlink, missing_ok=True)
+
+    async def discard_stale(self, key: str) -> None:
+        """Unlink ``.{name}.*.tmp`` beside ``key``: what a SIGKILL left behind."""
+        target = self._path(key)
+        if target.parent.is_dir():
+            for leftover in target.parent.glob(f".{target.name}.*.tmp"):
+                await asyncio.to_thread(leftover.unlink, missing_ok=True)
 
     async def commit(self, staged: Path, key: str) -> StoredFile:
         """Sync the staged file, rename it into place, sync the folder."""
@@ -154,8 +167,11 @@ class LocalStore(Store):
         await asyncio.to_thread(self._check_writable)
 
     def _check_writable(self) -> None:
+        # Folders made for the probe are removed again: a run that stops before its
+        # first window (a refused key, say) leaves no trace.
         if self.root.exists() and not self.root.is_dir():
             raise ConfigError(f"--out {self.root} is a file, not a folder; pick a folder")
+        created = [p for p in (self.root, *self.root.parents) if not p.exists()]
         probe = self.root / f".write-probe-{uuid.uuid4().hex[:8]}"
         try:
             _mkdir(self.root)
@@ -163,9 +179,13 @@ class LocalStore(Store):
             probe.unlink()
         except OSError as exc:
             raise StorageAccessError(
-                f"cannot write to --out {self.root} ({exc.strerror}); "
+                f"cannot write to --out {self.root} ({exc.strerror or exc}); "
                 "pick a folder you can write to"
             ) from exc
+        finally:
+            for folder in created:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
 
 def _mkdir(path: Path) -> None:

@@ -15,8 +15,9 @@ SIM_KEY = "sim-test-key-5f2c9a"
 @pytest.fixture(scope="session")
 def sim() -> Iterator[SimulatorThread]:
     """A fault-free simulator on loopback, shared by the session (read-only use)."""
-    options = ServerOptions(api_key=SIM_KEY, dataset=DatasetSpec(seed=11, rows_per_day=120),
-                            max_limit=50)
+    options = ServerOptions(
+        api_key=SIM_KEY, dataset=DatasetSpec(seed=11, rows_per_day=120), max_limit=50
+    )
     with SimulatorThread(options) as server:
         yield server
 
@@ -37,3 +38,6 @@ def make_sim() -> Iterator[object]:
     yield start
     for server in started:
         server.stop()
+
+
+from s3_server import *  # noqa: E402, F403  (the S3 server fixtures)

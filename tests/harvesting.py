@@ -19,18 +19,33 @@ async def _fast_sleep(seconds: float) -> None:
     await asyncio.sleep(min(seconds, 0.01))
 
 
-def harvest(url: str, out: str, *, key: str = SIM_KEY, fast: bool = True,
-            now: datetime | None = None, **options: Any) -> RunResult:
+def harvest(
+    url: str,
+    out: str,
+    *,
+    key: str = SIM_KEY,
+    fast: bool = True,
+    now: datetime | None = None,
+    **options: Any,
+) -> RunResult:
     """Harvest into ``out`` from the simulator at ``url``; return the run's result."""
-    merged = {"after": "2024-01-01", "before": "2024-01-04", "out": out, "base_url": url,
-              "rate": 1000, "concurrency": 8, **options}
+    merged = {
+        "after": "2024-01-01",
+        "before": "2024-01-04",
+        "out": out,
+        "base_url": url,
+        "rate": 1000,
+        "concurrency": 8,
+        **options,
+    }
     config = build_config({k: v for k, v in merged.items() if v is not None}, env={}, now=now)
     store = open_store(out, s3_endpoint_url=config.s3_endpoint_url)
 
     async def go() -> RunResult:
         try:
-            runner = Harvest(config, api_key=Secret(key), store=store,
-                             **({"sleep": _fast_sleep} if fast else {}))
+            runner = Harvest(
+                config, api_key=Secret(key), store=store, **({"sleep": _fast_sleep} if fast else {})
+            )
             return await runner.run(await plan(config, store))
         finally:
             await store.close()

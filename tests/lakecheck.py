@@ -14,18 +14,22 @@ from harvester.schemas import FEEDS
 
 def _canonical(item: dict[str, Any]) -> bytes:
     """An item with null values dropped (Parquet cannot tell null from missing)."""
-    return orjson.dumps({k: v for k, v in item.items() if v is not None},
-                        option=orjson.OPT_SORT_KEYS)
+    return orjson.dumps(
+        {k: v for k, v in item.items() if v is not None}, option=orjson.OPT_SORT_KEYS
+    )
 
 
-def lake_rows(root: str, feed: str, *, con: duckdb.DuckDBPyConnection | None = None) -> list[dict[str, Any]]:
+def lake_rows(
+    root: str, feed: str, *, con: duckdb.DuckDBPyConnection | None = None
+) -> list[dict[str, Any]]:
     """Every row of ``feed`` in the lake at ``root`` (a folder or s3:// URL), via DuckDB."""
     con = con or duckdb.connect()
     glob = f"{root.rstrip('/')}/{feed}/*/*.parquet"
     try:
         relation = con.execute(
             "SELECT * REPLACE (epoch(timestamp)::BIGINT AS timestamp), dt::VARCHAR AS dt "
-            "FROM read_parquet(?, hive_partitioning = true, union_by_name = false)", [glob]
+            "FROM read_parquet(?, hive_partitioning = true, union_by_name = false)",
+            [glob],
         )
     except duckdb.IOException:
         return []  # no file at all: an empty table
@@ -42,8 +46,12 @@ def rebuild(row: dict[str, Any]) -> dict[str, Any]:
     return item
 
 
-def assert_lake_exact(root: str, truth: dict[str, list[dict[str, Any]]],
-                      *, con: duckdb.DuckDBPyConnection | None = None) -> dict[str, int]:
+def assert_lake_exact(
+    root: str,
+    truth: dict[str, list[dict[str, Any]]],
+    *,
+    con: duckdb.DuckDBPyConnection | None = None,
+) -> dict[str, int]:
     """Assert the lake holds exactly ``truth`` (feed -> items) as a multiset, rightly partitioned.
 
     Returns the row count per feed.

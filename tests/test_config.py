@@ -14,8 +14,15 @@ def test_defaults_leave_api_defaults_alone() -> None:
     """Without --confidence/--severity nothing is sent, so the API's defaults apply."""
     config = build_config(BASE, env={})
     assert config.query.params() == {}
-    assert config.feeds == ("ips", "domains", "urls", "artifacts", "paths", "network_streams",
-                            "registry_keys")
+    assert config.feeds == (
+        "ips",
+        "domains",
+        "urls",
+        "artifacts",
+        "paths",
+        "network_streams",
+        "registry_keys",
+    )
 
 
 def test_zero_confidence_is_sent_explicitly() -> None:
@@ -58,8 +65,7 @@ def test_bad_options_are_one_line_errors(over: dict[str, object], message: str) 
 
 def test_shards_read_the_job_index_and_split_the_rate() -> None:
     """--shards N takes its index from the batch engine and a 1/N share of the rate."""
-    config = build_config({**BASE, "shards": 4, "rate": 20},
-                          env={"JOB_COMPLETION_INDEX": "2"})
+    config = build_config({**BASE, "shards": 4, "rate": 20}, env={"JOB_COMPLETION_INDEX": "2"})
     assert (config.shard.index, config.shard.count, config.rate) == (2, 4, 5.0)
     config = build_config({**BASE, "shards": 3}, env={"AWS_BATCH_JOB_ARRAY_INDEX": "0"})
     assert config.shard.index == 0
@@ -71,7 +77,7 @@ def test_toml_unknown_key_and_wrong_type(tmp_path: Path) -> None:
     """A config file with an unknown key or a wrong type is refused by name."""
     bad = tmp_path / "bad.toml"
     bad.write_text('after = "2024-01-01"\nconfidense = 0\n')
-    with pytest.raises(ConfigError, match="unknown key.*confidense"):
+    with pytest.raises(ConfigError, match=r"unknown key.*confidense"):
         load_toml(str(bad))
     bad.write_text('limit = "many"\n')
     with pytest.raises(ConfigError, match="limit is str, expected int"):

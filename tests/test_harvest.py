@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from harvester.errors import AuthError, ConfigError
-from harvester.sim.data import DatasetSpec
 from harvester.sim.server import Faults, SimulatorThread
+
 from harvesting import harvest
 from lakecheck import assert_lake_exact, feeds_all
 
@@ -18,8 +18,13 @@ JAN1 = datetime(2024, 1, 1, tzinfo=UTC)
 JAN4 = datetime(2024, 1, 4, tzinfo=UTC)
 
 
-def truth(server: SimulatorThread, feeds: list[str], start: datetime = JAN1, end: datetime = JAN4,
-          **filters: object) -> dict[str, list[dict[str, object]]]:
+def truth(
+    server: SimulatorThread,
+    feeds: list[str],
+    start: datetime = JAN1,
+    end: datetime = JAN4,
+    **filters: object,
+) -> dict[str, list[dict[str, object]]]:
     return {f: server.dataset.truth(f, start, end, **filters) for f in feeds}
 
 
@@ -52,11 +57,19 @@ def test_boundary_records_once_whatever_the_server_bounds(
     make_sim, tmp_path: Path, after_inclusive: bool, before_inclusive: bool, window: str
 ) -> None:
     """Records exactly on window edges are stored once, whether after/before are inclusive."""
-    server = make_sim(after_inclusive=after_inclusive, before_inclusive=before_inclusive,
-                      max_limit=40)
+    server = make_sim(
+        after_inclusive=after_inclusive, before_inclusive=before_inclusive, max_limit=40
+    )
     out = str(tmp_path / "lake")
-    result = harvest(server.url, out, feeds="domains,registry_keys", window=window,
-                     before="2024-01-03", confidence=0, severity=0)
+    result = harvest(
+        server.url,
+        out,
+        feeds="domains,registry_keys",
+        window=window,
+        before="2024-01-03",
+        confidence=0,
+        severity=0,
+    )
     assert result.ok
     end = datetime(2024, 1, 3, tzinfo=UTC)
     want = truth(server, ["domains", "registry_keys"], JAN1, end, confidence=0, severity=0)
@@ -67,8 +80,16 @@ def test_boundary_records_once_whatever_the_server_bounds(
 
 def test_multi_day_window_splits_into_date_partitions(sim: SimulatorThread, tmp_path: Path) -> None:
     """A 7-day window writes one file per date, each under its own dt partition."""
-    result = harvest(sim.url, str(tmp_path), feeds="paths", window="7d", after="2024-01-04",
-                     before="2024-01-11", confidence=0, severity=0)
+    result = harvest(
+        sim.url,
+        str(tmp_path),
+        feeds="paths",
+        window="7d",
+        after="2024-01-04",
+        before="2024-01-11",
+        confidence=0,
+        severity=0,
+    )
     assert result.ok
     start, end = datetime(2024, 1, 4, tzinfo=UTC), datetime(2024, 1, 11, tzinfo=UTC)
     want = truth(sim, ["paths"], start, end, confidence=0, severity=0)
@@ -79,7 +100,9 @@ def test_multi_day_window_splits_into_date_partitions(sim: SimulatorThread, tmp_
     assert written == sorted(f"dt={d}" for d in days)
 
 
-def test_rerun_skips_complete_windows_and_changes_nothing(sim: SimulatorThread, tmp_path: Path) -> None:
+def test_rerun_skips_complete_windows_and_changes_nothing(
+    sim: SimulatorThread, tmp_path: Path
+) -> None:
     """A second identical run skips every window and leaves every file untouched."""
     assert harvest(sim.url, str(tmp_path), feeds="ips,domains").ok
     before = files(tmp_path)
@@ -89,7 +112,9 @@ def test_rerun_skips_complete_windows_and_changes_nothing(sim: SimulatorThread, 
     assert files(tmp_path) == before
 
 
-def test_changed_query_replaces_windows_without_duplicates(sim: SimulatorThread, tmp_path: Path) -> None:
+def test_changed_query_replaces_windows_without_duplicates(
+    sim: SimulatorThread, tmp_path: Path
+) -> None:
     """Re-harvesting with other scores replaces each window's files: no duplicates."""
     assert harvest(sim.url, str(tmp_path), feeds="urls").ok
     rerun = harvest(sim.url, str(tmp_path), feeds="urls", confidence=0, severity=0)
@@ -99,15 +124,30 @@ def test_changed_query_replaces_windows_without_duplicates(sim: SimulatorThread,
 
 def test_lake_is_exact_under_every_fault_at_once(make_sim, tmp_path: Path) -> None:
     """429s, 5xx, dropped connections, truncated and HTML bodies: the lake is still exact."""
-    faults = Faults(seed=3, rate_limit=400, error_rate=0.08, drop_rate=0.05, truncate_rate=0.05,
-                    html_rate=0.03, missing_items_rate=0.03)
+    faults = Faults(
+        seed=3,
+        rate_limit=400,
+        error_rate=0.08,
+        drop_rate=0.05,
+        truncate_rate=0.05,
+        html_rate=0.03,
+        missing_items_rate=0.03,
+    )
     server = make_sim(faults=faults, max_limit=30)
-    result = harvest(server.url, str(tmp_path), feeds="ips,artifacts,network_streams",
-                     confidence=0, severity=0, attempts=30)
+    result = harvest(
+        server.url,
+        str(tmp_path),
+        feeds="ips,artifacts,network_streams",
+        confidence=0,
+        severity=0,
+        attempts=30,
+    )
     assert result.ok, result.failures
     assert sum(s.retries for s in result.feeds.values()) > 5
-    assert_lake_exact(str(tmp_path), truth(server, ["ips", "artifacts", "network_streams"],
-                                           confidence=0, severity=0))
+    assert_lake_exact(
+        str(tmp_path),
+        truth(server, ["ips", "artifacts", "network_streams"], confidence=0, severity=0),
+    )
 
 
 def test_exhausted_retries_fail_the_window_and_a_rerun_finishes(make_sim, tmp_path: Path) -> None:
@@ -123,7 +163,9 @@ def test_exhausted_retries_fail_the_window_and_a_rerun_finishes(make_sim, tmp_pa
     assert_lake_exact(str(tmp_path), truth(healthy, ["urls", "domains"]))
 
 
-def test_refused_key_stops_everything_and_writes_nothing(sim: SimulatorThread, tmp_path: Path) -> None:
+def test_refused_key_stops_everything_and_writes_nothing(
+    sim: SimulatorThread, tmp_path: Path
+) -> None:
     """A 401 stops the run at once with a message naming THREATGRID_API_KEY; no manifest."""
     with pytest.raises(AuthError, match="THREATGRID_API_KEY") as info:
         harvest(sim.url, str(tmp_path / "lake"), key="wrong-key-123")
@@ -134,8 +176,9 @@ def test_refused_key_stops_everything_and_writes_nothing(sim: SimulatorThread, t
 def test_server_ignoring_offset_fails_the_window(make_sim, tmp_path: Path) -> None:
     """A server that repeats a page makes the window fail instead of looping forever."""
     server = make_sim(faults=Faults(repeat_pages=True), max_limit=10)
-    result = harvest(server.url, str(tmp_path), feeds="domains", confidence=0, severity=0,
-                     before="2024-01-02")
+    result = harvest(
+        server.url, str(tmp_path), feeds="domains", confidence=0, severity=0, before="2024-01-02"
+    )
     assert not result.ok
     assert "same page" in result.failures[0].reason
 

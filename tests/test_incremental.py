@@ -10,6 +10,7 @@ import pytest
 
 from harvester.errors import ConfigError
 from harvester.sim.server import Faults, SimulatorThread
+
 from harvesting import harvest
 from lakecheck import assert_lake_exact
 
@@ -21,24 +22,57 @@ def at(text: str) -> datetime:
 def test_since_last_needs_a_start_the_first_time(sim: SimulatorThread, tmp_path: Path) -> None:
     """With an empty lake, --since-last without --after is a clear error."""
     with pytest.raises(ConfigError, match="pass --after for the first run"):
-        harvest(sim.url, str(tmp_path), after=None, since_last=True, before="now",
-                now=at("2024-01-05T10:00:00"))
+        harvest(
+            sim.url,
+            str(tmp_path),
+            after=None,
+            since_last=True,
+            before="now",
+            now=at("2024-01-05T10:00:00"),
+        )
 
 
-def test_nightly_runs_continue_and_a_repeat_does_nothing(sim: SimulatorThread, tmp_path: Path) -> None:
+def test_nightly_runs_continue_and_a_repeat_does_nothing(
+    sim: SimulatorThread, tmp_path: Path
+) -> None:
     """Each night continues where the last stopped, leaves the lag alone, and repeats are no-ops."""
-    first = harvest(sim.url, str(tmp_path), feeds="ips,urls", since_last=True, before="now",
-                    lag="1h", now=at("2024-01-03T00:30:00"))
+    first = harvest(
+        sim.url,
+        str(tmp_path),
+        feeds="ips,urls",
+        since_last=True,
+        before="now",
+        lag="1h",
+        now=at("2024-01-03T00:30:00"),
+    )
     # now - lag = 2024-01-02T23:30 -> the last whole window ends 2024-01-02
     assert first.ok and first.feeds["ips"].done == 1
-    again = harvest(sim.url, str(tmp_path), feeds="ips,urls", since_last=True, before="now",
-                    lag="1h", now=at("2024-01-03T00:45:00"), after=None)
+    again = harvest(
+        sim.url,
+        str(tmp_path),
+        feeds="ips,urls",
+        since_last=True,
+        before="now",
+        lag="1h",
+        now=at("2024-01-03T00:45:00"),
+        after=None,
+    )
     assert again.ok and all(s.windows == 0 and s.requests == 0 for s in again.feeds.values())
-    later = harvest(sim.url, str(tmp_path), feeds="ips,urls", since_last=True, before="now",
-                    lag="1h", now=at("2024-01-05T06:00:00"), after=None)
+    later = harvest(
+        sim.url,
+        str(tmp_path),
+        feeds="ips,urls",
+        since_last=True,
+        before="now",
+        lag="1h",
+        now=at("2024-01-05T06:00:00"),
+        after=None,
+    )
     assert later.ok and later.feeds["urls"].done == 3
-    truth = {f: sim.dataset.truth(f, at("2024-01-01T00:00:00"), at("2024-01-05T00:00:00"))
-             for f in ("ips", "urls")}
+    truth = {
+        f: sim.dataset.truth(f, at("2024-01-01T00:00:00"), at("2024-01-05T00:00:00"))
+        for f in ("ips", "urls")
+    }
     assert_lake_exact(str(tmp_path), truth)
 
 
@@ -46,12 +80,25 @@ def test_since_last_goes_back_for_a_missing_window(sim: SimulatorThread, tmp_pat
     """A window missing from the manifest is a gap: --since-last starts there, not after it."""
     assert harvest(sim.url, str(tmp_path), feeds="domains").ok
     (tmp_path / "_manifest" / "domains" / "20240102T000000Z_20240103T000000Z.json").unlink()
-    resumed = harvest(sim.url, str(tmp_path), feeds="domains", after=None, since_last=True,
-                      before="now", now=at("2024-01-04T12:00:00"))
+    resumed = harvest(
+        sim.url,
+        str(tmp_path),
+        feeds="domains",
+        after=None,
+        since_last=True,
+        before="now",
+        now=at("2024-01-04T12:00:00"),
+    )
     assert resumed.ok
     assert (resumed.feeds["domains"].done, resumed.feeds["domains"].skipped) == (1, 1)
-    assert_lake_exact(str(tmp_path), {"domains": sim.dataset.truth(
-        "domains", at("2024-01-01T00:00:00"), at("2024-01-04T00:00:00"))})
+    assert_lake_exact(
+        str(tmp_path),
+        {
+            "domains": sim.dataset.truth(
+                "domains", at("2024-01-01T00:00:00"), at("2024-01-04T00:00:00")
+            )
+        },
+    )
 
 
 def test_run_report_has_totals_failures_and_no_secret(make_sim, tmp_path: Path) -> None:

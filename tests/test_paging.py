@@ -37,8 +37,12 @@ def collect(fetch, *, limit: int, prefetch: int) -> list[int]:
 
 
 @settings(max_examples=150, deadline=None)
-@given(total=st.integers(0, 400), clamp=st.integers(1, 60), limit=st.integers(1, 100),
-       prefetch=st.integers(1, 6))
+@given(
+    total=st.integers(0, 400),
+    clamp=st.integers(1, 60),
+    limit=st.integers(1, 100),
+    prefetch=st.integers(1, 6),
+)
 def test_every_item_once_in_order(total: int, clamp: int, limit: int, prefetch: int) -> None:
     """Whatever the clamp, limit and prefetch depth, each item arrives once, in order."""
     fetch, _ = source(total, clamp)

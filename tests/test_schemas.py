@@ -10,8 +10,13 @@ from harvester.schemas import FEEDS, items_to_table
 
 def item(**over: object) -> dict[str, object]:
     base: dict[str, object] = {
-        "timestamp": "2024-01-01T00:00:00Z", "ioc": "x", "confidence": 90, "severity": 80,
-        "sample_id": "a" * 32, "sample_sha256": "b" * 64, "domain": "example.com",
+        "timestamp": "2024-01-01T00:00:00Z",
+        "ioc": "x",
+        "confidence": 90,
+        "severity": 80,
+        "sample_id": "a" * 32,
+        "sample_sha256": "b" * 64,
+        "domain": "example.com",
     }
     base.update(over)
     return base
@@ -43,7 +48,7 @@ def test_nulls_and_missing_fields_are_nulls() -> None:
 
 
 def test_bool_is_not_an_integer() -> None:
-    """true is not silently stored as confidence 1."""
+    """True is not silently stored as confidence 1."""
     row = items_to_table(FEEDS["domains"], [item(confidence=True)]).to_pylist()[0]
     assert row["confidence"] is None and orjson.loads(row["extra"]) == {"confidence": True}
 
@@ -51,13 +56,17 @@ def test_bool_is_not_an_integer() -> None:
 def test_out_of_range_integer_goes_to_extra() -> None:
     """An int too big for its column is kept in extra, not overflowed."""
     row = items_to_table(FEEDS["ips"], [item(port=2**40)]).to_pylist()[0]
-    assert row["port"] is None and orjson.loads(row["extra"]) == {"domain": "example.com",
-                                                                  "port": 2**40}
+    assert row["port"] is None and orjson.loads(row["extra"]) == {
+        "domain": "example.com",
+        "port": 2**40,
+    }
 
 
 def test_noncanonical_timestamp_is_parsed_and_kept() -> None:
     """A timestamp with an offset is typed and its original text is kept in extra."""
-    row = items_to_table(FEEDS["domains"], [item(timestamp="2024-01-01T01:00:00+01:00")]).to_pylist()[0]
+    row = items_to_table(
+        FEEDS["domains"], [item(timestamp="2024-01-01T01:00:00+01:00")]
+    ).to_pylist()[0]
     assert row["timestamp"].isoformat() == "2024-01-01T00:00:00+00:00"
     assert orjson.loads(row["extra"]) == {"timestamp": "2024-01-01T01:00:00+01:00"}
 

@@ -1,5 +1,6 @@
 """Window planning: grid alignment, exact coverage, and the query bounds."""
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,8 +19,13 @@ from harvester.windows import (
     query_bounds,
 )
 
-STEPS = [timedelta(minutes=15), timedelta(hours=1), timedelta(hours=6), timedelta(days=1),
-         timedelta(days=7)]
+STEPS = [
+    timedelta(minutes=15),
+    timedelta(hours=1),
+    timedelta(hours=6),
+    timedelta(days=1),
+    timedelta(days=7),
+]
 
 
 @st.composite
@@ -38,7 +44,7 @@ def test_windows_tile_the_range_exactly(case: tuple[datetime, datetime, timedelt
     windows = plan_windows(after, before, step)
     assert windows[0].start == after
     assert windows[-1].end == before
-    for left, right in zip(windows, windows[1:], strict=False):
+    for left, right in itertools.pairwise(windows):
         assert left.end == right.start
     assert all(w.end - w.start == step for w in windows)
 
@@ -55,17 +61,22 @@ def test_every_instant_has_exactly_one_window(
 
 
 @given(ranges())
-def test_overlapping_ranges_cut_the_same_windows(case: tuple[datetime, datetime, timedelta]) -> None:
+def test_overlapping_ranges_cut_the_same_windows(
+    case: tuple[datetime, datetime, timedelta],
+) -> None:
     """Two runs over overlapping ranges agree on the windows they share."""
     after, before, step = case
     whole = set(plan_windows(after, before + 5 * step, step))
     assert set(plan_windows(after, before, step)) <= whole
 
 
-@given(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1)).map(
-    lambda d: d.replace(microsecond=0, tzinfo=UTC)))
+@given(
+    st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1)).map(
+        lambda d: d.replace(microsecond=0, tzinfo=UTC)
+    )
+)
 def test_query_bounds_cover_the_window_under_any_bound_semantics(start: datetime) -> None:
-    """after is one second early and before is the end: inclusive or not, nothing is missed."""
+    """After is one second early and before is the end: inclusive or not, nothing is missed."""
     window = Window(start=start, end=start + timedelta(hours=1))
     after, before = query_bounds(window)
     assert after == format_api(start - SECOND)
@@ -79,8 +90,9 @@ def test_query_bounds_cover_the_window_under_any_bound_semantics(start: datetime
 def test_unaligned_range_is_refused_with_a_fix() -> None:
     """A range off the window grid is a one-line error that suggests aligned bounds."""
     with pytest.raises(ConfigError, match="not on the 1d window grid; use 2024-01-01T00:00:00Z"):
-        plan_windows(parse_instant("2024-01-01T10:00:00Z"), parse_instant("2024-01-03"),
-                     timedelta(days=1))
+        plan_windows(
+            parse_instant("2024-01-01T10:00:00Z"), parse_instant("2024-01-03"), timedelta(days=1)
+        )
 
 
 def test_empty_or_reversed_range_is_refused() -> None:
@@ -105,16 +117,19 @@ def test_instants_normalise_to_utc_api_format(text: str, expected: str) -> None:
     assert format_api(parse_instant(text)) == expected
 
 
-@pytest.mark.parametrize("text", ["2024-13-01", "yesterday", "2024-01-15T09:00:00", "2024-01-15 9am",
-                                  "2024-01-15T09:00:00.5Z"])
+@pytest.mark.parametrize(
+    "text",
+    ["2024-13-01", "yesterday", "2024-01-15T09:00:00", "2024-01-15 9am", "2024-01-15T09:00:00.5Z"],
+)
 def test_bad_instants_are_config_errors(text: str) -> None:
     """Unparseable, zone-less or sub-second instants are refused with a hint."""
     with pytest.raises(ConfigError):
         parse_instant(text, name="--after")
 
 
-@pytest.mark.parametrize(("text", "minutes"), [("15m", 15), ("1h", 60), ("6h", 360), ("1d", 1440),
-                                               ("7d", 10080)])
+@pytest.mark.parametrize(
+    ("text", "minutes"), [("15m", 15), ("1h", 60), ("6h", 360), ("1d", 1440), ("7d", 10080)]
+)
 def test_durations(text: str, minutes: int) -> None:
     """Window sizes that divide a day, or are whole days, parse."""
     assert parse_duration(text) == timedelta(minutes=minutes)
