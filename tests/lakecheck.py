@@ -78,3 +78,22 @@ def assert_lake_exact(
 def feeds_all() -> list[str]:
     """All feed names."""
     return list(FEEDS)
+
+
+def duckdb_for_s3(endpoint_url: str) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection that reads s3:// from a local S3 server via httpfs (offline)."""
+    import importlib.util
+    from pathlib import Path
+    from urllib.parse import urlsplit
+
+    spec = importlib.util.find_spec("duckdb_ext")
+    assert spec is not None and spec.submodule_search_locations, "duckdb-ext-httpfs missing"
+    found = list(Path(next(iter(spec.submodule_search_locations))).rglob("httpfs.duckdb_extension"))
+    con = duckdb.connect()
+    con.execute(f"LOAD '{found[0]}'")
+    endpoint = urlsplit(endpoint_url)
+    con.execute(
+        "CREATE SECRET (TYPE s3, KEY_ID 'testing', SECRET 'testing', REGION 'us-east-1', "
+        f"ENDPOINT '{endpoint.netloc}', URL_STYLE 'path', USE_SSL false)"
+    )
+    return con
