@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 import orjson
@@ -17,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from harvester.errors import DataError
+from harvester.windows import API_FORMAT
 
 TIMESTAMP = pa.timestamp("s", tz="UTC")
 INT = pa.int32()
@@ -46,7 +48,12 @@ class Feed:
         """Typed fields in column order: common first, then the feed's own."""
         return COMMON + self.own
 
-    @property
+    @cached_property
+    def names(self) -> frozenset[str]:
+        """The names of the typed fields."""
+        return frozenset(n for n, _ in self.fields)
+
+    @cached_property
     def schema(self) -> pa.Schema:
         """The Parquet schema of this feed's table (without the ``dt`` partition)."""
         return pa.schema([pa.field(n, t) for n, t in self.fields] + [pa.field("extra", STR)])
@@ -93,6 +100,51 @@ def items_to_table(feed: Feed, items: Sequence[Mapping[str, Any]]) -> pa.Table:
     original item can always be rebuilt. An item without a parseable ``timestamp``
     cannot be placed in a window and raises :class:`DataError`.
     """
+    fast = _fast_table(feed, items)
+    return fast if fast is not None else _careful_table(feed, items)
+
+
+_ALLOWED = {INT: {int, type(None)}, BIGINT: {int, type(None)}, STR: {str, type(None)}}
+
+
+def _fast_table(feed: Feed, items: Sequence[Mapping[str, Any]]) -> pa.Table | None:
+    """Column-at-a-time conversion for the usual page: known keys, right types.
+
+    Returns ``None`` whenever anything is unusual, and the careful path decides. Checks
+    are by exact type (a ``bool`` is not an ``int``, and pyarrow would quietly truncate
+    ``95.5`` to ``95``), so the two paths always agree.
+    """
+    try:
+        keys: set[str] = set().union(*items)
+    except TypeError:
+        return None  # an item is not an object
+    if not keys <= feed.names:
+        return None
+    arrays = []
+    for name, kind in feed.fields:
+        values = [item.get(name) for item in items]
+        if kind == TIMESTAMP:
+            if not set(map(type, values)) <= {str}:
+                return None
+            text = pa.array(values, type=STR)
+            if pc.min_max(pc.utf8_length(text)).as_py() != {"min": 20, "max": 20} and values:
+                return None
+            try:
+                arrays.append(pc.strptime(text, format=API_FORMAT, unit="s").cast(TIMESTAMP))
+            except pa.ArrowInvalid:
+                return None
+            continue
+        if not set(map(type, values)) <= _ALLOWED[kind]:
+            return None
+        try:
+            arrays.append(pa.array(values, type=kind))
+        except (pa.ArrowInvalid, OverflowError):
+            return None  # an integer out of range: the careful path keeps it in extra
+    arrays.append(pa.nulls(len(items), type=STR))
+    return pa.Table.from_arrays(arrays, schema=feed.schema)
+
+
+def _careful_table(feed: Feed, items: Sequence[Mapping[str, Any]]) -> pa.Table:
     types = dict(feed.fields)
     names = list(types)
     columns: dict[str, list[Any]] = {n: [None] * len(items) for n in names}
@@ -138,7 +190,7 @@ def parse_timestamps(feed: str, text: pa.Array) -> pa.Array:
     through Python's ISO parser, and an unparseable one raises :class:`DataError`.
     """
     try:
-        return pc.strptime(text, format="%Y-%m-%dT%H:%M:%SZ", unit="s").cast(TIMESTAMP)
+        return pc.strptime(text, format=API_FORMAT, unit="s").cast(TIMESTAMP)
     except pa.ArrowInvalid:
         pass
     parsed = []
