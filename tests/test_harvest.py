@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from harvester.errors import AuthError, ConfigError
+from harvester.sim.data import DatasetSpec
 from harvester.sim.server import Faults, SimulatorThread
 
 from harvesting import harvest
@@ -202,3 +203,22 @@ def test_no_staging_files_remain(sim: SimulatorThread, tmp_path: Path) -> None:
     leftovers = [p for p in tmp_path.rglob(".*")]
     assert leftovers == []
     assert os.listdir(tmp_path / "_manifest" / "paths")
+
+
+def test_mistyped_null_and_unknown_values_survive_exactly(make_sim, tmp_path: Path) -> None:
+    """Scores sent as strings, floats, nulls and undocumented fields all land, kept in extra."""
+    spec = DatasetSpec(
+        seed=4, rows_per_day=150, mistyped_rate=0.1, extra_field_rate=0.1, null_rate=0.1
+    )
+    server = make_sim(dataset=spec)
+    feeds = ["ips", "artifacts", "network_streams", "domains"]
+    assert harvest(server.url, str(tmp_path), feeds=",".join(feeds), confidence=0, severity=0).ok
+    assert_lake_exact(str(tmp_path), truth(server, feeds, confidence=0, severity=0))
+    import duckdb
+
+    kept = duckdb.sql(
+        f"SELECT count(*) FROM read_parquet('{tmp_path}/ips/*/*.parquet') "
+        "WHERE json_extract(extra, '$.confidence') IS NOT NULL AND confidence IS NULL"
+    ).fetchone()
+    assert kept is not None
+    assert kept[0] > 0
