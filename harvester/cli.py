@@ -320,7 +320,7 @@ def command_plan(args: argparse.Namespace) -> int:
         finally:
             await store.close()
 
-    view = describe_plan(asyncio.run(go()), config.shard.count)
+    view = describe_plan(asyncio.run(go()), config.shard.count, config.feeds)
     if args.json:
         print(orjson.dumps(view, option=orjson.OPT_INDENT_2).decode())
         return 0

@@ -313,6 +313,8 @@ def parse_shard(value: str | None, shards: int | None, env: dict[str, str]) -> S
         index, sep, count = value.partition("/")
         if not sep or not index.isdigit() or not count.isdigit():
             raise ConfigError(f"--shard {value!r} is not I/N; e.g. --shard 0/4")
+        if shards is not None and shards != int(count):
+            raise ConfigError(f"--shard {value} and --shards {shards} disagree; give one of them")
         return Shard(index=int(index), count=int(count))
     if shards is None:
         return Shard()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -40,7 +40,7 @@ from harvester.retry import RetryPolicy, Sleep
 from harvester.schemas import FEEDS, items_to_table
 from harvester.secret import Secret, redact
 from harvester.storage import Store
-from harvester.windows import Window, format_api, plan_windows, query_bounds
+from harvester.windows import EPOCH, Window, format_api, plan_windows, query_bounds
 
 log = structlog.get_logger("harvester")
 
@@ -56,9 +56,23 @@ class Unit:
         return f"{self.feed} {self.window}"
 
 
-def assign_shard(units: list[Unit], shard: Shard) -> list[Unit]:
-    """The units of this shard: round-robin over the sorted units, so balanced within one."""
-    return [u for i, u in enumerate(sorted(units)) if i % shard.count == shard.index]
+def shard_of(unit: Unit, *, feeds: Sequence[str], count: int) -> int:
+    """The shard that owns ``unit``: fixed by the unit's absolute place on the grid.
+
+    Windows are numbered from the epoch and feeds by their sorted name, and the
+    numbers are dealt round-robin. A shard's share therefore does not depend on where
+    a plan starts (``--since-last`` shards may plan at different moments) and any
+    contiguous range of windows is dealt out evenly, within one unit per shard.
+    """
+    size = unit.window.end - unit.window.start
+    slot = (unit.window.start - EPOCH) // size
+    order = sorted(feeds)
+    return (slot * len(order) + order.index(unit.feed)) % count
+
+
+def assign_shard(units: Iterable[Unit], shard: Shard, *, feeds: Sequence[str]) -> list[Unit]:
+    """The units of ``shard`` among ``units``, sorted."""
+    return sorted(u for u in units if shard_of(u, feeds=feeds, count=shard.count) == shard.index)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,14 +98,19 @@ class Plan:
         return [u for u in self.units if u not in self.done]
 
 
-def resume_point(entries: dict[Window, manifest.Entry], fingerprint: str) -> datetime | None:
-    """The end of the contiguous run of complete windows that starts at the first one.
+def resume_point(
+    entries: dict[Window, manifest.Entry], fingerprint: str, start: datetime | None = None
+) -> datetime | None:
+    """The end of the contiguous run of complete windows from ``start`` (or the first one).
 
     A gap (a window that failed, or was never harvested) stops the run, so a nightly
     ``--since-last`` job goes back for it instead of skipping history for good.
     """
-    chain_end = None
-    for window in sorted(w for w, e in entries.items() if e.fingerprint == fingerprint):
+    complete = sorted(w for w, e in entries.items() if e.fingerprint == fingerprint)
+    if start is not None:
+        complete = [w for w in complete if w.start >= start]
+    chain_end = start
+    for window in complete:
         if chain_end is not None and window.start != chain_end:
             break
         chain_end = window.end
@@ -107,7 +126,7 @@ async def plan(config: HarvestConfig, store: Store) -> Plan:
         entries = entries_by_feed[feed] = await manifest.load(store, feed)
         after = config.after
         if config.since_last:
-            after = resume_point(entries, fingerprint) or config.after
+            after = resume_point(entries, fingerprint, config.after)
             if after is None:
                 raise ConfigError(
                     f"--since-last: the lake has no complete {feed} window with this query "
@@ -125,7 +144,7 @@ async def plan(config: HarvestConfig, store: Store) -> Plan:
         for u in every
         if (e := entries_by_feed[u.feed].get(u.window)) is not None and e.fingerprint == fingerprint
     )
-    mine = assign_shard(every, config.shard)
+    mine = assign_shard(every, config.shard, feeds=config.feeds)
     return Plan(
         units=tuple(mine),
         done=every_done.intersection(mine),
@@ -393,11 +412,11 @@ def _first_fatal(group: BaseExceptionGroup[Any]) -> BaseException:
     return group.exceptions[0]
 
 
-def describe_plan(the_plan: Plan, shard_count: int) -> dict[str, Any]:
+def describe_plan(the_plan: Plan, shard_count: int, feeds: Sequence[str]) -> dict[str, Any]:
     """A JSON-able view of a plan: per feed, and each shard's share of the job."""
-    feeds: dict[str, dict[str, Any]] = {}
+    views: dict[str, dict[str, Any]] = {}
     for unit in the_plan.every:
-        view = feeds.setdefault(
+        view = views.setdefault(
             unit.feed, {"windows": 0, "done": 0, "todo": 0, "first": None, "last": None}
         )
         view["windows"] += 1
@@ -406,16 +425,17 @@ def describe_plan(the_plan: Plan, shard_count: int) -> dict[str, Any]:
         view["last"] = format_api(unit.window.end)
     shards = []
     for index in range(shard_count):
-        share = assign_shard(list(the_plan.every), Shard(index=index, count=shard_count))
+        share = assign_shard(the_plan.every, Shard(index=index, count=shard_count), feeds=feeds)
         todo = [u for u in share if u not in the_plan.every_done]
         shards.append({"shard": f"{index}/{shard_count}", "units": len(share), "todo": len(todo)})
-    todo_total = sum(v["todo"] for v in feeds.values())
+    todo_total = sum(v["todo"] for v in views.values())
     return {
         "units": len(the_plan.every),
         "done": len(the_plan.every_done),
         "todo": todo_total,
-        # one request per window at least, plus one preflight; dense windows need more pages
-        "min_requests": todo_total + (1 if todo_total else 0),
-        "feeds": feeds,
+        # one request per window at least, plus one preflight per shard that has work;
+        # windows with more than one page need more
+        "min_requests": todo_total + sum(1 for s in shards if s["todo"]),
+        "feeds": views,
         "shards": shards,
     }

@@ -93,3 +93,9 @@ def test_toml_native_dates_are_accepted(tmp_path: Path) -> None:
     good.write_text('after = 2024-01-01T00:00:00Z\nbefore = "2024-01-02"\nout = "x"\n')
     config = build_config(load_toml(str(good)), env={})
     assert config.after.isoformat() == "2024-01-01T00:00:00+00:00"
+
+
+def test_shard_and_shards_must_agree() -> None:
+    """--shard 1/3 with --shards 4 is refused rather than silently picking one."""
+    with pytest.raises(ConfigError, match="disagree"):
+        build_config({**BASE, "shard": "1/3", "shards": 4}, env={})
