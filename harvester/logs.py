@@ -7,10 +7,11 @@ value, so even a careless ``log.info(..., url=...)`` cannot leak the API key.
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
 from collections.abc import MutableMapping
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import orjson
 import structlog
@@ -34,11 +35,28 @@ def _dumps(event: dict[str, Any], **_: Any) -> str:
     return orjson.dumps(event, default=str).decode()
 
 
+class _CurrentStderr(io.TextIOBase):
+    """``sys.stderr`` as it is at each write, not as it was at configure time.
+
+    rich's live progress display swaps ``sys.stderr`` for a proxy that prints above
+    the display; writing through this follows the swap, so log lines do not garble it.
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def configure(
     *, level: str = "info", stream: TextIO | None = None, json: bool | None = None
 ) -> None:
     """Route structlog events to ``stream`` (stderr), as JSON unless it is a TTY."""
-    stream = stream or sys.stderr
+    stream = stream or cast(TextIO, _CurrentStderr())
     as_json = not stream.isatty() if json is None else json
     renderer: Any = (
         structlog.processors.JSONRenderer(serializer=_dumps)

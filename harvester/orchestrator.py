@@ -267,7 +267,7 @@ class Harvest:
     async def run(self, the_plan: Plan) -> RunResult:
         """Harvest every unit the plan has left to do."""
         started = self._clock()
-        started_at = format_api(datetime.now(UTC))
+        started_at = datetime.now(UTC).isoformat(timespec="milliseconds")
         todo = the_plan.todo
         for unit in the_plan.units:
             summary = self.result.feeds[unit.feed]
@@ -305,7 +305,7 @@ class Harvest:
         self.result.interrupted = self._stopping.is_set()
         self.result.seconds = self._clock() - started
         if todo:
-            ended_at = format_api(datetime.now(UTC))
+            ended_at = datetime.now(UTC).isoformat(timespec="milliseconds")
             built = report.build_report(
                 self.config, self.result, started_at=started_at, ended_at=ended_at
             )

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -42,15 +43,40 @@ def run_args(url: str, out: Path | str, *extra: str) -> list[str]:
     ]
 
 
-def start(args: list[str]) -> subprocess.Popen[str]:
+def start(args: list[str], *, quiet: bool = False) -> subprocess.Popen[str]:
     env = {**os.environ, "THREATGRID_API_KEY": SIM_KEY}
+    sink = subprocess.DEVNULL if quiet else subprocess.PIPE
     return subprocess.Popen(
-        [sys.executable, "-m", "harvester", *args],
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        [sys.executable, "-m", "harvester", *args], env=env, text=True, stdout=sink, stderr=sink
     )
+
+
+def kill_mid_run(args: list[str], progress: Callable[[], int], rng: random.Random) -> bool:
+    """Start a run, wait until it has recorded a window, then SIGKILL it a moment later.
+
+    Waiting for progress, rather than a fixed time, makes sure the kill lands while the
+    run is busy writing however fast or slow the machine is today.
+    """
+    process = start(args, quiet=True)
+    begin = progress()
+    deadline = time.monotonic() + 60
+    while process.poll() is None and progress() == begin and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(rng.uniform(0.0, 0.3))
+    killed = process.poll() is None
+    if killed:
+        process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    return killed
+
+
+# Paced at 40 requests/s, a window of ~9 pages takes about a quarter of a second: slow
+# enough that every kill lands mid-run, fast enough for the test to stay short.
+SLOW = ("--rate", "40")
+
+
+def manifest_count(out: Path) -> int:
+    return len(list((out / "_manifest").rglob("*.json"))) if (out / "_manifest").exists() else 0
 
 
 def visible_data(out: Path) -> list[Path]:
@@ -77,7 +103,7 @@ def assert_manifest_consistent(out: Path) -> None:
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_is_exact(make_sim, tmp_path: Path) -> None:
     """Twelve SIGKILLs mid-run, then a final run: the lake equals an uninterrupted harvest."""
-    server = make_sim(max_limit=15, latency=0.005, dataset=DatasetSpec(seed=5, rows_per_day=90))
+    server = make_sim(max_limit=10, dataset=DatasetSpec(seed=5, rows_per_day=90))
     reference = tmp_path / "reference"
     assert cli(run_args(server.url, reference)).returncode == 0
 
@@ -85,12 +111,7 @@ def test_sigkill_at_random_moments_then_resume_is_exact(make_sim, tmp_path: Path
     rng = random.Random(1234)
     kills = 0
     for _ in range(12):
-        process = start(run_args(server.url, out))
-        time.sleep(rng.uniform(0.6, 3.0))
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-            kills += 1
-        process.communicate(timeout=60)
+        kills += kill_mid_run(run_args(server.url, out, *SLOW), lambda: manifest_count(out), rng)
         for path in visible_data(out):
             pq.read_table(path)  # a half-written visible file would fail here
         if (out / "_manifest").exists():
@@ -138,20 +159,20 @@ def test_sigkill_during_s3_uploads_then_resume_is_exact(
     from lakecheck import duckdb_for_s3
 
     endpoint, bucket = s3_bucket
-    server = make_sim(max_limit=15, latency=0.005, dataset=DatasetSpec(seed=5, rows_per_day=90))
+    server = make_sim(max_limit=10, dataset=DatasetSpec(seed=5, rows_per_day=90))
     out = f"s3://{bucket}/crash"
     args = run_args(server.url, out, "--s3-endpoint-url", endpoint)
     client = boto3.client("s3", endpoint_url=endpoint)
+
+    def entries() -> int:
+        listed = client.list_objects_v2(Bucket=bucket, Prefix="crash/_manifest/")
+        return int(listed.get("KeyCount", 0))
+
     rng = random.Random(99)
     kills = 0
     try:
         for _ in range(10):
-            process = start(args)
-            time.sleep(rng.uniform(0.8, 3.0))
-            if process.poll() is None:
-                process.send_signal(signal.SIGKILL)
-                kills += 1
-            process.communicate(timeout=60)
+            kills += kill_mid_run([*args, *SLOW], entries, rng)
             listed = client.list_objects_v2(Bucket=bucket, Prefix="crash/").get("Contents", [])
             for obj in listed:
                 if obj["Key"].endswith(".parquet"):
@@ -159,7 +180,7 @@ def test_sigkill_during_s3_uploads_then_resume_is_exact(
                     pq.read_table(pa.BufferReader(body))  # whole, or not there at all
     finally:
         client.close()
-    assert kills >= 6
+    assert kills >= 8
     final = cli(args)
     assert final.returncode == 0, final.stderr
     truth = {f: server.dataset.truth(f, START, END, confidence=0, severity=0) for f in FEEDS}

@@ -1,0 +1,266 @@
+"""``harvester status``: day sets from windows of any size, failures, gaps, rendering."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from harvester.manifest import Entry
+from harvester.sim.server import Faults, SimulatorThread
+from harvester.status import (
+    build_status,
+    collect_status,
+    complete_days,
+    date_ranges,
+    merge_windows,
+    parse_window,
+    render_status,
+)
+from harvester.storage import LocalStore
+from harvester.windows import Window
+
+from cli import cli
+from harvesting import harvest
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def windows(start: str, end: str, step: timedelta) -> list[Window]:
+    first, last = at(start), at(end)
+    count = (last - first) // step
+    return [Window(start=first + i * step, end=first + (i + 1) * step) for i in range(count)]
+
+
+def entry(window: Window, *, feed: str = "ips", rows: int = 10, completed_at: str = "") -> Entry:
+    return Entry(
+        feed=feed,
+        window=window,
+        fingerprint="f",
+        query={},
+        rows=rows,
+        pages=1,
+        completed_at=completed_at or "2024-02-01T00:00:00Z",
+        run_id="run-a",
+    )
+
+
+def report(
+    run_id: str, ended_at: str, failures: list[dict[str, str]], **extra: Any
+) -> dict[str, Any]:
+    feeds = {f: {} for f in ("ips", *(x["feed"] for x in failures))}
+    return {
+        "run_id": run_id,
+        "started_at": ended_at,
+        "ended_at": ended_at,
+        "ok": not failures,
+        "interrupted": False,
+        "feeds": feeds,
+        "failures": failures,
+        **extra,
+    }
+
+
+def failure(feed: str, window: Window, reason: str = "503 from server") -> dict[str, str]:
+    return {"feed": feed, "window": str(window), "error": "ServerError", "reason": reason}
+
+
+def d(text: str) -> date:
+    return date.fromisoformat(text)
+
+
+def test_date_ranges_are_compact_sorted_and_deduplicated() -> None:
+    """Consecutive days collapse to FIRST..LAST, lone days stay single; order and repeats vanish."""
+    days = [d("2024-01-03"), d("2024-01-01"), d("2024-01-02"), d("2024-01-02"), d("2024-01-05")]
+    assert date_ranges(days) == ["2024-01-01..2024-01-03", "2024-01-05"]
+    assert date_ranges([]) == []
+    assert date_ranges([d("2023-12-31"), d("2024-01-01")]) == ["2023-12-31..2024-01-01"]
+
+
+def test_a_day_is_complete_when_the_union_of_windows_covers_it() -> None:
+    """15m, 6h, 1d and 2d windows all count; a day three quarters covered is not complete."""
+    spans = merge_windows(
+        [
+            *windows("2024-01-01", "2024-01-02", timedelta(minutes=15)),
+            *windows("2024-01-02", "2024-01-02T18:00:00", timedelta(hours=6)),
+            *windows("2024-01-04", "2024-01-06", timedelta(days=2)),
+            *windows("2024-01-06", "2024-01-07", timedelta(days=1)),
+        ]
+    )
+    assert spans == [
+        (at("2024-01-01"), at("2024-01-02T18:00:00")),
+        (at("2024-01-04"), at("2024-01-07")),
+    ]
+    assert date_ranges(complete_days(spans)) == ["2024-01-01", "2024-01-04..2024-01-06"]
+
+
+def test_windows_across_midnight_complete_only_whole_days() -> None:
+    """Two 12h windows offset by 6h cover 2024-01-02 whole but neither neighbour day."""
+    spans = merge_windows(
+        [
+            Window(start=at("2024-01-01T18:00:00"), end=at("2024-01-02T06:00:00")),
+            Window(start=at("2024-01-02T06:00:00"), end=at("2024-01-03T06:00:00")),
+        ]
+    )
+    assert complete_days(spans) == {d("2024-01-02")}
+
+
+def test_parse_window_reads_what_reports_write() -> None:
+    """A report's window text parses back to the same Window; junk gives None."""
+    window = Window(start=at("2024-01-01T06:00:00"), end=at("2024-01-01T12:00:00"))
+    assert parse_window(str(window)) == window
+    assert parse_window("not a window") is None
+    assert parse_window("[2024-01-02T00:00:00Z, 2024-01-01T00:00:00Z)") is None
+
+
+def test_status_sorts_days_into_complete_failed_partial_and_missing() -> None:
+    """Failed = reported and still not covered; partial = some coverage; missing = gaps between."""
+    day = timedelta(days=1)
+    done = [
+        *windows("2024-01-01", "2024-01-03", day),
+        *windows("2024-01-06", "2024-01-08", day),
+        *windows("2024-01-10", "2024-01-11", day),
+        *windows("2024-01-11", "2024-01-11T12:00:00", timedelta(hours=6)),
+    ]
+    fixed_later = Window(start=at("2024-01-02"), end=at("2024-01-03"))
+    still_broken = Window(start=at("2024-01-04"), end=at("2024-01-05"))
+    entries = {
+        "ips": [
+            entry(w, completed_at=f"2024-02-0{i % 9 + 1}T00:00:00Z") for i, w in enumerate(done)
+        ]
+    }
+    reports = [
+        report(
+            "run-1",
+            "2024-02-01T00:00:00Z",
+            [failure("ips", fixed_later), failure("ips", still_broken)],
+        ),
+        report("run-2", "2024-02-03T00:00:00Z", [failure("ips", still_broken, "reset by peer")]),
+    ]
+    status = build_status(entries, reports, lake="/lake")
+    ips = status["feeds"]["ips"]
+    assert ips["complete"] == ["2024-01-01..2024-01-02", "2024-01-06..2024-01-07", "2024-01-10"]
+    assert ips["failed"] == ["2024-01-04"]
+    assert ips["missing"] == ["2024-01-03", "2024-01-05", "2024-01-08..2024-01-09"]
+    assert ips["partial"] == ["2024-01-11"]
+    assert (ips["first"], ips["last"], ips["until"]) == (
+        "2024-01-01",
+        "2024-01-10",
+        "2024-01-11T12:00:00Z",
+    )
+    assert ips["windows"] == len(done) and ips["rows"] == 10 * len(done)
+    assert ips["complete_days"] == 5 and ips["failed_days"] == 1 and ips["missing_days"] == 4
+    assert ips["failures"] == [
+        {
+            "window": str(still_broken),
+            "error": "ServerError",
+            "reason": "reset by peer",
+            "run_id": "run-2",
+        }
+    ]
+    assert ips["last_completed_at"] == "2024-02-07T00:00:00Z"
+    assert (
+        ips["last_run"]["run_id"] == "run-2"
+        and ips["last_run"]["ended_at"] == "2024-02-03T00:00:00Z"
+    )
+    assert status["runs"] == 2 and status["last_run"]["run_id"] == "run-2"
+    assert orjson.loads(orjson.dumps(status)) == status
+
+
+def test_a_failure_covered_later_by_smaller_windows_is_not_failed() -> None:
+    """A failed 1d window re-harvested as four 6h windows is complete, not failed."""
+    failed_day = Window(start=at("2024-01-01"), end=at("2024-01-02"))
+    entries = {
+        "urls": [
+            entry(w, feed="urls") for w in windows("2024-01-01", "2024-01-02", timedelta(hours=6))
+        ]
+    }
+    status = build_status(
+        entries, [report("r", "2024-01-03T00:00:00Z", [failure("urls", failed_day)])]
+    )
+    urls = status["feeds"]["urls"]
+    assert urls["complete"] == ["2024-01-01"] and urls["failed"] == [] and urls["failures"] == []
+
+
+def test_a_feed_known_only_from_failures_is_listed() -> None:
+    """A feed with no complete window but failed windows shows its failed days and no rows."""
+    broken = windows("2024-01-01", "2024-01-03", timedelta(days=1))
+    status = build_status(
+        {}, [report("r", "2024-01-05T00:00:00Z", [failure("urls", w) for w in broken])]
+    )
+    urls = status["feeds"]["urls"]
+    assert urls["failed"] == ["2024-01-01..2024-01-02"] and urls["complete"] == []
+    assert urls["rows"] == 0 and urls["first"] is None and urls["missing"] == []
+    assert list(status["feeds"]) == ["ips", "urls"]  # FEEDS order; ips is in the report
+
+
+def test_render_status_shows_feeds_gaps_and_failures() -> None:
+    """The text view has a row per feed, the not-complete days as ranges and the failure reasons."""
+    day = timedelta(days=1)
+    entries = {"ips": [entry(w, rows=1500) for w in windows("2024-01-01", "2024-01-04", day)]}
+    entries["ips"] += [entry(w) for w in windows("2024-01-06", "2024-01-07", day)]
+    broken = Window(start=at("2024-01-04"), end=at("2024-01-05"))
+    text = render_status(
+        build_status(
+            entries,
+            [report("run-9", "2024-01-08T00:00:00Z", [failure("ips", broken)])],
+            lake="/lake",
+        )
+    )
+    assert text.startswith("Lake /lake: 1 run; last run-9 ended 2024-01-08T00:00:00Z (failures)")
+    assert "4,510" in text  # rows with separators
+    assert "2024-01-01" in text and "2024-01-06" in text
+    assert "failed   2024-01-04" in text and "missing  2024-01-05" in text
+    assert "ServerError: 503 from server" in text and str(broken) in text
+
+
+def test_render_status_of_an_empty_lake_says_so() -> None:
+    """A lake with no manifest and no reports renders one clear sentence, not an empty table."""
+    text = render_status(build_status({}, [], lake="/nowhere"))
+    assert "Nothing harvested yet" in text and "no run reports" in text
+
+
+def test_collect_status_of_a_real_lake_after_failures_gaps_and_repairs(
+    make_sim: Any, sim: SimulatorThread, tmp_path: Path
+) -> None:
+    """Harvests with a failing feed, a gap and a repair give the status the manifest implies."""
+    out = str(tmp_path)
+    broken = make_sim(faults=Faults(fail_always=("urls",)))
+    first = harvest(broken.url, out, feeds="ips,urls", attempts=2)
+    assert first.feeds["urls"].failed == 3 and first.feeds["ips"].done == 3
+    second = harvest(sim.url, out, feeds="ips,urls", after="2024-01-06", before="2024-01-08")
+    third = harvest(sim.url, out, feeds="urls", after="2024-01-02", before="2024-01-03")
+    assert second.ok and third.ok
+
+    status = asyncio.run(collect_status(LocalStore(out)))
+    ips, urls = status["feeds"]["ips"], status["feeds"]["urls"]
+    assert list(status["feeds"]) == ["ips", "urls"] and status["runs"] == 3
+    assert ips["complete"] == ["2024-01-01..2024-01-03", "2024-01-06..2024-01-07"]
+    assert ips["missing"] == ["2024-01-04..2024-01-05"] and ips["failed"] == []
+    assert urls["complete"] == ["2024-01-02", "2024-01-06..2024-01-07"]
+    assert urls["failed"] == ["2024-01-01", "2024-01-03"]
+    assert urls["missing"] == ["2024-01-04..2024-01-05"]
+    assert [f["run_id"] for f in urls["failures"]] == [first.run_id, first.run_id]
+    assert ips["rows"] == first.feeds["ips"].rows + second.feeds["ips"].rows
+    assert urls["rows"] == second.feeds["urls"].rows + third.feeds["urls"].rows
+    assert ips["last_run"]["run_id"] == second.run_id and urls["last_run"]["run_id"] == third.run_id
+    assert status["last_run"]["run_id"] == third.run_id and status["lake"] == str(tmp_path)
+
+
+def test_status_command_prints_json_and_text(sim: SimulatorThread, tmp_path: Path) -> None:
+    """`harvester status --json` prints the status dict; without --json, the text table."""
+    result = harvest(sim.url, str(tmp_path), feeds="domains")
+    as_json = cli(["status", "--out", str(tmp_path), "--json"])
+    assert as_json.returncode == 0, as_json.stderr
+    domains = json.loads(as_json.stdout)["feeds"]["domains"]
+    assert domains["complete"] == ["2024-01-01..2024-01-03"]
+    assert domains["rows"] == result.feeds["domains"].rows
+    as_text = cli(["status", "--out", str(tmp_path)])
+    assert as_text.returncode == 0, as_text.stderr
+    assert "domains" in as_text.stdout and "2024-01-01" in as_text.stdout
