@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -207,7 +207,6 @@ class Harvest:
         store: Store,
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
-        on_unit: Callable[[Unit, FeedSummary], None] | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -215,7 +214,6 @@ class Harvest:
         self._api_key = api_key
         self._sleep = sleep
         self._clock = clock
-        self._on_unit = on_unit
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._client: ApiClient | None = None
@@ -287,11 +285,12 @@ class Harvest:
             async with self._new_client() as client:
                 self._client = client
                 await self._preflight(client, todo[0])
-                gate = asyncio.Semaphore(self.config.concurrency)
+                queue = iter(todo)  # shared by the workers: each unit is taken once
+                workers = min(self.config.concurrency, len(todo))
                 try:
                     async with asyncio.TaskGroup() as group:
-                        for unit in todo:
-                            task = group.create_task(self._guarded(client, gate, unit))
+                        for _ in range(workers):
+                            task = group.create_task(self._worker(client, queue))
                             self._tasks.add(task)
                             task.add_done_callback(self._tasks.discard)
                 except BaseExceptionGroup as group_error:
@@ -328,48 +327,57 @@ class Harvest:
             # retry and, if it must, fail on its own.
             log.warning("preflight.failed", feed=unit.feed, error=type(exc).__name__)
 
-    async def _guarded(self, client: ApiClient, gate: asyncio.Semaphore, unit: Unit) -> None:
-        summary = self.result.feeds[unit.feed]
-        async with gate:
+    async def _worker(self, client: ApiClient, queue: Iterator[Unit]) -> None:
+        """Take units one by one until none is left or the run is stopping.
+
+        A fixed pool of workers, not a task per unit, keeps memory flat over years of
+        small windows.
+        """
+        for unit in queue:
             if self._stopping.is_set():
                 return
-            started = self._clock()
             try:
-                rows, pages = await self._harvest_unit(client, unit)
-            except (AuthError, StorageAccessError):
-                raise
+                await self._guarded(client, unit)
             except asyncio.CancelledError:
                 if self._stopping.is_set():
+                    # stop() cancelled us: the unit's staged files are already gone.
                     log.warning("window.abandoned", feed=unit.feed, window=str(unit.window))
                     return
                 raise
-            except Exception as exc:
-                summary.failed += 1
-                reason = redact(str(exc)) or type(exc).__name__
-                self.result.failures.append(
-                    Failure(
-                        feed=unit.feed,
-                        window=str(unit.window),
-                        error=type(exc).__name__,
-                        reason=reason,
-                    )
-                )
-                log.error(
-                    "window.failed",
+
+    async def _guarded(self, client: ApiClient, unit: Unit) -> None:
+        """Harvest one unit: a failure is recorded and logged, a fatal error propagates."""
+        summary = self.result.feeds[unit.feed]
+        started = self._clock()
+        try:
+            rows, pages = await self._harvest_unit(client, unit)
+        except (AuthError, StorageAccessError):
+            raise
+        except Exception as exc:
+            summary.failed += 1
+            reason = redact(str(exc)) or type(exc).__name__
+            self.result.failures.append(
+                Failure(
                     feed=unit.feed,
                     window=str(unit.window),
                     error=type(exc).__name__,
                     reason=reason,
                 )
-                return
-            finally:
-                summary.seconds += self._clock() - started
-            summary.done += 1
-            summary.rows += rows
-            summary.pages += pages
-            log.info("window.done", feed=unit.feed, window=str(unit.window), rows=rows, pages=pages)
-            if self._on_unit:
-                self._on_unit(unit, summary)
+            )
+            log.error(
+                "window.failed",
+                feed=unit.feed,
+                window=str(unit.window),
+                error=type(exc).__name__,
+                reason=reason,
+            )
+            return
+        finally:
+            summary.seconds += self._clock() - started
+        summary.done += 1
+        summary.rows += rows
+        summary.pages += pages
+        log.info("window.done", feed=unit.feed, window=str(unit.window), rows=rows, pages=pages)
 
     async def _harvest_unit(self, client: ApiClient, unit: Unit) -> tuple[int, int]:
         feed = FEEDS[unit.feed]
