@@ -32,7 +32,8 @@ from harvester import logs
 from harvester.cli_support import print_table
 from harvester.config import API_KEY_ENV, DEFAULTS, build_config, load_toml
 from harvester.errors import ConfigError, HarvesterError
-from harvester.orchestrator import Harvest, Plan, RunResult, describe_plan, plan
+from harvester.orchestrator import Harvest, RunResult, plan
+from harvester.planner import Plan, describe_plan
 from harvester.secret import Secret, redact
 from harvester.storage import open_store
 

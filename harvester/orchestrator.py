@@ -1,20 +1,22 @@
-"""The orchestrator: plan the units, run them concurrently, record what is done.
+"""The orchestrator: plan the run from the manifest, run it, record what is done.
 
-A *unit* is one (feed, window). :func:`plan` works out every unit of the range, this
-shard's share, and which of those the manifest already holds with the same query.
-:class:`Harvest` then runs the rest under an :class:`asyncio.TaskGroup`: each unit
-pages through its window (:mod:`harvester.paging`), streams rows into a
-:class:`~harvester.lake.WindowWriter`, commits the files and only then records the
-unit in the manifest. A unit that fails after its retries is reported and the others
-go on; a refused key or an unwritable lake stops everything at once.
+:func:`plan` reads the manifest and works out (with :mod:`harvester.planner`) every
+unit of the range, this shard's share, and which units are already complete with the
+same query. :class:`Harvest` groups the rest into batches and runs them with a fixed
+pool of workers under an :class:`asyncio.TaskGroup`: each batch pages through its span
+(:mod:`harvester.paging`), streams every row into its own window's
+:class:`~harvester.lake.WindowWriter`, commits the files and only then records each
+window in the manifest. A batch that fails after its retries is reported and the
+others go on; a refused key or an unwritable lake stops everything at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -23,7 +25,7 @@ import structlog
 
 from harvester import manifest, report
 from harvester.client import ApiClient, Page
-from harvester.config import HarvestConfig, Shard
+from harvester.config import HarvestConfig
 from harvester.errors import (
     ApiUnreachable,
     AuthError,
@@ -35,86 +37,15 @@ from harvester.errors import (
 )
 from harvester.lake import WindowWriter
 from harvester.paging import page_through
+from harvester.planner import Batch, Plan, Unit, assign_shard, group_units, resume_point
 from harvester.ratelimit import AdaptiveRateLimiter
 from harvester.retry import RetryPolicy, Sleep
 from harvester.schemas import FEEDS, items_to_table
 from harvester.secret import Secret, redact
 from harvester.storage import Store
-from harvester.windows import EPOCH, Window, format_api, plan_windows, query_bounds
+from harvester.windows import Window, format_api, plan_windows, query_bounds
 
 log = structlog.get_logger("harvester")
-
-
-@dataclass(frozen=True, kw_only=True, order=True)
-class Unit:
-    """One feed over one window: the unit of work, of files and of the manifest."""
-
-    window: Window
-    feed: str
-
-    def __str__(self) -> str:
-        return f"{self.feed} {self.window}"
-
-
-def shard_of(unit: Unit, *, feeds: Sequence[str], count: int) -> int:
-    """The shard that owns ``unit``: fixed by the unit's absolute place on the grid.
-
-    Windows are numbered from the epoch and feeds by their sorted name, and the
-    numbers are dealt round-robin. A shard's share therefore does not depend on where
-    a plan starts (``--since-last`` shards may plan at different moments) and any
-    contiguous range of windows is dealt out evenly, within one unit per shard.
-    """
-    size = unit.window.end - unit.window.start
-    slot = (unit.window.start - EPOCH) // size
-    order = sorted(feeds)
-    return (slot * len(order) + order.index(unit.feed)) % count
-
-
-def assign_shard(units: Iterable[Unit], shard: Shard, *, feeds: Sequence[str]) -> list[Unit]:
-    """The units of ``shard`` among ``units``, sorted."""
-    return sorted(u for u in units if shard_of(u, feeds=feeds, count=shard.count) == shard.index)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Plan:
-    """What a run will do: every unit of this shard, and which are already done.
-
-    ``every`` and ``every_done`` describe the whole job (all shards), for display.
-    """
-
-    units: tuple[Unit, ...]
-    done: frozenset[Unit]
-    every: tuple[Unit, ...] = ()
-    every_done: frozenset[Unit] = frozenset()
-
-    @property
-    def total_units(self) -> int:
-        """Units of the whole job, all shards together."""
-        return len(self.every)
-
-    @property
-    def todo(self) -> list[Unit]:
-        """Units still to harvest, oldest window first."""
-        return [u for u in self.units if u not in self.done]
-
-
-def resume_point(
-    entries: dict[Window, manifest.Entry], fingerprint: str, start: datetime | None = None
-) -> datetime | None:
-    """The end of the contiguous run of complete windows from ``start`` (or the first one).
-
-    A gap (a window that failed, or was never harvested) stops the run, so a nightly
-    ``--since-last`` job goes back for it instead of skipping history for good.
-    """
-    complete = sorted(w for w, e in entries.items() if e.fingerprint == fingerprint)
-    if start is not None:
-        complete = [w for w in complete if w.start >= start]
-    chain_end = start
-    for window in complete:
-        if chain_end is not None and window.start != chain_end:
-            break
-        chain_end = window.end
-    return chain_end
 
 
 async def plan(config: HarvestConfig, store: Store) -> Plan:
@@ -252,8 +183,8 @@ class Harvest:
             sleep=self._sleep,
         )
 
-    def _params(self, unit: Unit, offset: int, limit: int) -> dict[str, str]:
-        after, before = query_bounds(unit.window)
+    def _params(self, span: Window, offset: int, limit: int) -> dict[str, str]:
+        after, before = query_bounds(span)
         return {
             **self.config.query.params(),
             "after": after,
@@ -285,8 +216,9 @@ class Harvest:
             async with self._new_client() as client:
                 self._client = client
                 await self._preflight(client, todo[0])
-                queue = iter(todo)  # shared by the workers: each unit is taken once
-                workers = min(self.config.concurrency, len(todo))
+                batches = group_units(todo)
+                queue = iter(batches)  # shared by the workers: each batch is taken once
+                workers = min(self.config.concurrency, len(batches))
                 try:
                     async with asyncio.TaskGroup() as group:
                         for _ in range(workers):
@@ -316,7 +248,7 @@ class Harvest:
         """One small request first: a dead URL or a refused key fails fast and clearly."""
         quick = RetryPolicy(attempts=3, timeout=30.0, initial=0.2, maximum=2.0)
         try:
-            await client.fetch_page(unit.feed, self._params(unit, 0, 1), policy=quick)
+            await client.fetch_page(unit.feed, self._params(unit.window, 0, 1), policy=quick)
         except ConnectionFailed as exc:
             raise ApiUnreachable(
                 f"cannot reach the API at {self.config.base_url} ({exc}); check --base-url "
@@ -327,87 +259,102 @@ class Harvest:
             # retry and, if it must, fail on its own.
             log.warning("preflight.failed", feed=unit.feed, error=type(exc).__name__)
 
-    async def _worker(self, client: ApiClient, queue: Iterator[Unit]) -> None:
-        """Take units one by one until none is left or the run is stopping.
+    async def _worker(self, client: ApiClient, queue: Iterator[Batch]) -> None:
+        """Take batches one by one until none is left or the run is stopping.
 
         A fixed pool of workers, not a task per unit, keeps memory flat over years of
         small windows.
         """
-        for unit in queue:
+        for batch in queue:
             if self._stopping.is_set():
                 return
             try:
-                await self._guarded(client, unit)
+                await self._guarded(client, batch)
             except asyncio.CancelledError:
                 if self._stopping.is_set():
-                    # stop() cancelled us: the unit's staged files are already gone.
-                    log.warning("window.abandoned", feed=unit.feed, window=str(unit.window))
+                    # stop() cancelled us: the batch's staged files are already gone.
+                    log.warning("window.abandoned", feed=batch.feed, window=str(batch.span))
                     return
                 raise
 
-    async def _guarded(self, client: ApiClient, unit: Unit) -> None:
-        """Harvest one unit: a failure is recorded and logged, a fatal error propagates."""
-        summary = self.result.feeds[unit.feed]
+    async def _guarded(self, client: ApiClient, batch: Batch) -> None:
+        """Harvest one batch: a failure is recorded and logged, a fatal error propagates."""
+        summary = self.result.feeds[batch.feed]
         started = self._clock()
         try:
-            rows, pages = await self._harvest_unit(client, unit)
+            await self._harvest_batch(client, batch)
         except (AuthError, StorageAccessError):
             raise
         except Exception as exc:
-            summary.failed += 1
             reason = redact(str(exc)) or type(exc).__name__
-            self.result.failures.append(
-                Failure(
+            for unit in batch.units:
+                summary.failed += 1
+                self.result.failures.append(
+                    Failure(
+                        feed=unit.feed,
+                        window=str(unit.window),
+                        error=type(exc).__name__,
+                        reason=reason,
+                    )
+                )
+                log.error(
+                    "window.failed",
                     feed=unit.feed,
                     window=str(unit.window),
                     error=type(exc).__name__,
                     reason=reason,
                 )
-            )
-            log.error(
-                "window.failed",
-                feed=unit.feed,
-                window=str(unit.window),
-                error=type(exc).__name__,
-                reason=reason,
-            )
-            return
         finally:
             summary.seconds += self._clock() - started
-        summary.done += 1
-        summary.rows += rows
-        summary.pages += pages
-        log.info("window.done", feed=unit.feed, window=str(unit.window), rows=rows, pages=pages)
 
-    async def _harvest_unit(self, client: ApiClient, unit: Unit) -> tuple[int, int]:
-        feed = FEEDS[unit.feed]
+    async def _harvest_batch(self, client: ApiClient, batch: Batch) -> None:
+        """Page through the batch's span; route rows to their windows; commit, then record."""
+        feed = FEEDS[batch.feed]
+        span = batch.span
 
         async def fetch(offset: int, limit: int) -> Page:
-            return await client.fetch_page(unit.feed, self._params(unit, offset, limit))
+            return await client.fetch_page(batch.feed, self._params(span, offset, limit))
 
-        async with WindowWriter(self.store, feed, unit.window) as writer:
+        async with contextlib.AsyncExitStack() as stack:
+            writers = [
+                await stack.enter_async_context(WindowWriter(self.store, feed, window))
+                for window in batch.windows
+            ]
 
             async def on_page(page: Page) -> None:
                 table = await asyncio.to_thread(items_to_table, feed, page.items)
-                await writer.add(table)
+                for writer in writers:
+                    await writer.add(table)
 
             paged = await page_through(
                 fetch, limit=self.config.limit, prefetch=self.config.prefetch, on_page=on_page
             )
-            files = await writer.finish()
-        entry = manifest.Entry(
-            feed=unit.feed,
-            window=unit.window,
-            fingerprint=self.config.query.fingerprint,
-            query=self.config.query.describe(),
-            rows=writer.rows,
-            pages=paged.pages,
-            files=tuple(files),
-            run_id=self.run_id,
-            shard=str(self.config.shard),
-        )
-        await manifest.record(self.store, entry)
-        return writer.rows, paged.pages
+            committed = [(writer, await writer.finish()) for writer in writers]
+        summary = self.result.feeds[batch.feed]
+        summary.pages += paged.pages
+        for writer, files in committed:
+            entry = manifest.Entry(
+                feed=batch.feed,
+                window=writer.window,
+                fingerprint=self.config.query.fingerprint,
+                query=self.config.query.describe(),
+                rows=writer.rows,
+                pages=paged.pages,  # of the query that fetched the whole batch
+                files=tuple(files),
+                run_id=self.run_id,
+                shard=str(self.config.shard),
+            )
+            await manifest.record(self.store, entry)
+            summary.done += 1
+            summary.rows += writer.rows
+            log.info(
+                "window.done",
+                feed=batch.feed,
+                window=str(writer.window),
+                rows=writer.rows,
+                pages=entry.pages,
+                batch=str(span),
+            )
 
 
 def _first_fatal(group: BaseExceptionGroup[Any]) -> BaseException:
@@ -418,32 +365,3 @@ def _first_fatal(group: BaseExceptionGroup[Any]) -> BaseException:
         if isinstance(error, HarvesterError):
             return error
     return group.exceptions[0]
-
-
-def describe_plan(the_plan: Plan, shard_count: int, feeds: Sequence[str]) -> dict[str, Any]:
-    """A JSON-able view of a plan: per feed, and each shard's share of the job."""
-    views: dict[str, dict[str, Any]] = {}
-    for unit in the_plan.every:
-        view = views.setdefault(
-            unit.feed, {"windows": 0, "done": 0, "todo": 0, "first": None, "last": None}
-        )
-        view["windows"] += 1
-        view["done" if unit in the_plan.every_done else "todo"] += 1
-        view["first"] = view["first"] or format_api(unit.window.start)
-        view["last"] = format_api(unit.window.end)
-    shards = []
-    for index in range(shard_count):
-        share = assign_shard(the_plan.every, Shard(index=index, count=shard_count), feeds=feeds)
-        todo = [u for u in share if u not in the_plan.every_done]
-        shards.append({"shard": f"{index}/{shard_count}", "units": len(share), "todo": len(todo)})
-    todo_total = sum(v["todo"] for v in views.values())
-    return {
-        "units": len(the_plan.every),
-        "done": len(the_plan.every_done),
-        "todo": todo_total,
-        # one request per window at least, plus one preflight per shard that has work;
-        # windows with more than one page need more
-        "min_requests": todo_total + sum(1 for s in shards if s["todo"]),
-        "feeds": views,
-        "shards": shards,
-    }

@@ -222,3 +222,19 @@ def test_mistyped_null_and_unknown_values_survive_exactly(make_sim, tmp_path: Pa
     ).fetchone()
     assert kept is not None
     assert kept[0] > 0
+
+
+def test_small_windows_over_sparse_days_cost_a_query_per_day(
+    sim: SimulatorThread, tmp_path: Path
+) -> None:
+    """Quarter-hour windows are fetched a day at a time, and still land in their own files."""
+    result = harvest(sim.url, str(tmp_path), feeds="registry_keys", window="15m")
+    summary = result.feeds["registry_keys"]
+    assert result.ok
+    assert summary.done == 3 * 96
+    assert summary.requests <= 1 + summary.pages + 3  # preflight, pages, an empty page a day
+    assert summary.requests < 3 * 96 / 10
+    assert_lake_exact(str(tmp_path), truth(sim, ["registry_keys"]))
+    names = {p.name for p in (tmp_path / "registry_keys").glob("dt=*/*.parquet")}
+    assert len(names) > 20  # one file per non-empty quarter hour
+    assert len(list((tmp_path / "_manifest" / "registry_keys").glob("*.json"))) == 3 * 96

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from harvester.config import Shard
 from harvester.lake import data_key
 from harvester.manifest import entry_key
-from harvester.orchestrator import Unit, assign_shard
+from harvester.planner import Unit, assign_shard, span_index
 from harvester.schemas import FEEDS
 from harvester.sim.data import DatasetSpec
 from harvester.windows import Window, plan_windows
@@ -398,7 +398,7 @@ def test_uneven_shards_are_disjoint_and_cover_the_job(
 def test_assign_shard_is_disjoint_complete_balanced_and_stable(
     feeds: list[str], hours: int, first: int, windows: int, skip: int, count: int, seed: int
 ) -> None:
-    """Shares partition a plan, differ by <= 1, ignore order, and survive a later start."""
+    """Shares partition a plan, are balanced, ignore order, and survive a later start."""
     step = timedelta(hours=hours)
     units = [
         Unit(window=Window(start=START + n * step, end=START + (n + 1) * step), feed=f)
@@ -408,7 +408,10 @@ def test_assign_shard_is_disjoint_complete_balanced_and_stable(
     shares = [assign_shard(units, Shard(index=i, count=count), feeds=feeds) for i in range(count)]
     flat = [u for share in shares for u in share]
     assert len(flat) == len(set(flat)) == len(units)
-    sizes = [len(share) for share in shares]
+    # shards are dealt whole spans (a day of sub-day windows, for one feed): as even as can be
+    spans = [{(u.feed, span_index(u.window)) for u in share} for share in shares]
+    assert all(not a & b for i, a in enumerate(spans) for b in spans[i + 1 :])
+    sizes = [len(s) for s in spans]
     assert max(sizes) - min(sizes) <= 1
     shuffled = list(units)
     random.Random(seed).shuffle(shuffled)
