@@ -1,25 +1,33 @@
 """An adaptive request-rate limiter shared by every feed.
 
 It paces requests one slot at a time (a GCRA-style token bucket of depth one: no
-bursts) at a rate that starts at the configured ceiling. A 429 means the API's real
-allowance is lower than ours, so the rate drops multiplicatively (at most once per
-``cooldown`` so that a volley of 429s from one moment counts once) and every request
-waits out the server's ``Retry-After``. While no 429 arrives, the rate climbs back
-linearly towards the ceiling. The clock and the sleep are injected.
+bursts) at a rate that starts at the configured ceiling. The API's real allowance is
+unknown, so it is learnt from the API itself:
 
-aiolimiter's leaky bucket has a fixed rate; this one must change its rate while it is
-in use, which is why it is written here.
+* A 429 means we are above the allowance. The requests that *succeeded* in the last
+  second are the best estimate of it, so the rate drops at once to just under that
+  (and at least by ``decrease``); a volley of 429s within ``cooldown`` counts once.
+  Every request also waits out the server's ``Retry-After``.
+* While no 429 arrives, the rate creeps up by ``probe`` of itself per second, towards
+  the ceiling, to find out whether the allowance has grown. Creeping, not jumping,
+  keeps the 429s this costs to a handful per probe.
+
+The clock and the sleep are injected. aiolimiter's leaky bucket has a fixed rate; this
+one must change its rate while in use, which is why it is written here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
+
+WINDOW = 1.0  # seconds of successes that estimate the allowance
 
 
 class AdaptiveRateLimiter:
@@ -34,9 +42,10 @@ class AdaptiveRateLimiter:
         max_rate: float,
         *,
         min_rate: float | None = None,
-        decrease: float = 0.75,
-        recovery: float = 0.02,
-        cooldown: float = 1.0,
+        decrease: float = 0.7,
+        margin: float = 0.95,
+        probe: float = 0.01,
+        cooldown: float = 0.25,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
@@ -45,44 +54,57 @@ class AdaptiveRateLimiter:
         self.max_rate = max_rate
         self.min_rate = min_rate if min_rate is not None else min(max_rate, 0.1)
         self.rate = max_rate
+        self.throttles = 0
         self._decrease = decrease
-        self._recovery = recovery  # fraction of max_rate regained per second
+        self._margin = margin
+        self._probe = probe
         self._cooldown = cooldown
         self._clock = clock
         self._sleep = sleep
         self._next = clock()
-        self._last_change = clock() - cooldown
-        self.throttles = 0
+        self._last_throttle = -float("inf")
+        self._last_growth = clock()
+        self._successes: deque[float] = deque()
 
     async def acquire(self) -> None:
         """Wait for this caller's slot."""
         now = self._clock()
-        self._recover(now)
+        self._grow(now)
         slot = max(now, self._next)
         self._next = slot + 1.0 / self.rate
         if slot > now:
             await self._sleep(slot - now)
 
-    def _recover(self, now: float) -> None:
-        elapsed = now - self._last_change
-        if self.rate < self.max_rate and elapsed > self._cooldown:
-            gained = self.max_rate * self._recovery * (elapsed - self._cooldown)
-            self.rate = min(self.max_rate, self.rate + gained)
-            self._last_change = now - self._cooldown
+    def _grow(self, now: float) -> None:
+        elapsed = now - self._last_growth
+        self._last_growth = now
+        if self.rate < self.max_rate and now - self._last_throttle > self._cooldown:
+            self.rate = min(self.max_rate, self.rate * (1.0 + self._probe * elapsed))
+
+    def _recent_successes(self, now: float) -> int:
+        while self._successes and self._successes[0] < now - WINDOW:
+            self._successes.popleft()
+        return len(self._successes)
 
     def on_throttled(self, retry_after: float | None = None) -> None:
-        """A 429 arrived: slow down, and hold everyone back for ``retry_after``."""
+        """A 429 arrived: drop below the allowance, and hold everyone for ``retry_after``."""
         now = self._clock()
         self.throttles += 1
-        if now - self._last_change >= self._cooldown:
-            self.rate = max(self.min_rate, self.rate * self._decrease)
-            self._last_change = now
+        if now - self._last_throttle >= self._cooldown:
+            estimate = self._recent_successes(now) / WINDOW * self._margin
+            lowered = self.rate * self._decrease
+            if estimate > 0:
+                lowered = min(lowered, estimate)
+            self.rate = max(self.min_rate, lowered)
+            self._last_throttle = now
         if retry_after:
             self._next = max(self._next, now + retry_after)
 
     def on_success(self) -> None:
-        """A request went through; let the rate recover with time."""
-        self._recover(self._clock())
+        """A request went through: it counts towards the estimate of the allowance."""
+        now = self._clock()
+        self._successes.append(now)
+        self._recent_successes(now)
 
     async def __aenter__(self) -> AdaptiveRateLimiter:
         await self.acquire()

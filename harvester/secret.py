@@ -36,7 +36,6 @@ class Secret:
         return "***"
 
 
-
 def redact(text: str) -> str:
     """Replace every known secret in ``text`` with ``***``."""
     for value in _KNOWN:

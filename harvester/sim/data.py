@@ -134,10 +134,19 @@ class Dataset:
         return total
 
     def select(
-        self, feed: str, *, after: datetime | None, before: datetime | None,
-        after_inclusive: bool, before_inclusive: bool, confidence: int = DEFAULT_SCORE,
-        severity: int = DEFAULT_SCORE, ioc: str | None = None, org_only: bool = False,
-        user_only: bool = False, sample: Sequence[str] = (),
+        self,
+        feed: str,
+        *,
+        after: datetime | None,
+        before: datetime | None,
+        after_inclusive: bool,
+        before_inclusive: bool,
+        confidence: int = DEFAULT_SCORE,
+        severity: int = DEFAULT_SCORE,
+        ioc: str | None = None,
+        org_only: bool = False,
+        user_only: bool = False,
+        sample: Sequence[str] = (),
         restrictions: Mapping[str, str] = _NO_RESTRICTIONS,
     ) -> list[SimRecord]:
         """The records a query returns, newest first: exactly what the server pages through.
@@ -174,9 +183,17 @@ class Dataset:
         return out
 
     def truth(
-        self, feed: str, start: datetime, end: datetime, *, confidence: int | None = None,
-        severity: int | None = None, ioc: str | None = None, org_only: bool = False,
-        user_only: bool = False, sample: Sequence[str] = (),
+        self,
+        feed: str,
+        start: datetime,
+        end: datetime,
+        *,
+        confidence: int | None = None,
+        severity: int | None = None,
+        ioc: str | None = None,
+        org_only: bool = False,
+        user_only: bool = False,
+        sample: Sequence[str] = (),
         restrictions: Mapping[str, str] = _NO_RESTRICTIONS,
     ) -> list[dict[str, Any]]:
         """Ground truth: fresh copies of the items with ``start <= timestamp < end``.
@@ -185,10 +202,18 @@ class Dataset:
         newest first, equal to the objects a client decodes from the server's pages.
         """
         records = self.select(
-            feed, after=start, before=end, after_inclusive=True, before_inclusive=False,
+            feed,
+            after=start,
+            before=end,
+            after_inclusive=True,
+            before_inclusive=False,
             confidence=DEFAULT_SCORE if confidence is None else confidence,
-            severity=DEFAULT_SCORE if severity is None else severity, ioc=ioc,
-            org_only=org_only, user_only=user_only, sample=sample, restrictions=restrictions,
+            severity=DEFAULT_SCORE if severity is None else severity,
+            ioc=ioc,
+            org_only=org_only,
+            user_only=user_only,
+            sample=sample,
+            restrictions=restrictions,
         )
         copies: list[dict[str, Any]] = orjson.loads(orjson.dumps([r.item for r in records]))
         return copies
@@ -241,8 +266,11 @@ def _in(net: ipaddress.IPv4Network | ipaddress.IPv6Network, text: Any) -> bool:
 
 
 def _span(
-    after: datetime | None, before: datetime | None, after_inclusive: bool,
-    before_inclusive: bool, now: datetime,
+    after: datetime | None,
+    before: datetime | None,
+    after_inclusive: bool,
+    before_inclusive: bool,
+    now: datetime,
 ) -> tuple[int, int]:
     """The query as a closed range of whole epoch seconds ``[lo, hi]``."""
     if after is None:
@@ -340,11 +368,21 @@ def _clock() -> tuple[str, ...]:
 # default visibly drops items; 16 of them, so a 4-bit draw picks one without bias.
 _SCORES = (0, 20, 25, 40, 50, 60, 70, 75, 80, 85, 90, 90, 95, 95, 100, 100)
 _IOCS = (
-    "network-snort-malware", "js-uses-encrypt-decrypt", "registry-autorun-key-modified",
-    "document-network-traffic", "network-communications-http-get-url", "pe-packed-upx",
-    "malware-known-trojan-av", "process-injection-remote-thread", "network-dns-query-dga",
-    "file-dropped-executable", "powershell-download-cradle", "sinkholed-domain",
-    "network-fast-flux-domain", "registry-persistence-service", "modified-hosts-file",
+    "network-snort-malware",
+    "js-uses-encrypt-decrypt",
+    "registry-autorun-key-modified",
+    "document-network-traffic",
+    "network-communications-http-get-url",
+    "pe-packed-upx",
+    "malware-known-trojan-av",
+    "process-injection-remote-thread",
+    "network-dns-query-dga",
+    "file-dropped-executable",
+    "powershell-download-cradle",
+    "sinkholed-domain",
+    "network-fast-flux-domain",
+    "registry-persistence-service",
+    "modified-hosts-file",
 )
 _WORDS = ("update", "cdn", "secure", "login", "mail", "static", "api", "files", "panel", "dl")
 _HOSTS = ("test-hf", "greatlymissed", "shop-example", "winupdate-check", "paypa1-verify")
@@ -358,8 +396,13 @@ _WIN_PATHS = (
     "C:\\ProgramData\\{n}\\{n}.tmp",
     "C:\\Users\\Дмитрий\\AppData\\Local\\{n}\\отчёт.docm",
 )
-_UNIX_PATHS = ("/tmp/{n}.sh", "/tmp/日本語/x.sh", "/var/tmp/.{n}", "index.min.js",
-               "/home/{u}/.config/autostart/{n}.desktop")
+_UNIX_PATHS = (
+    "/tmp/{n}.sh",
+    "/tmp/日本語/x.sh",
+    "/var/tmp/.{n}",
+    "index.min.js",
+    "/home/{u}/.config/autostart/{n}.desktop",
+)
 _KEYS = (
     "HKEY_LOCAL_MACHINE\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\Run\\{n}",
     "HKEY_CURRENT_USER\\Software\\Microsoft\\Windows\\CurrentVersion\\RunOnce\\{n}",
@@ -464,7 +507,11 @@ _OWN: dict[str, Callable[[random.Random], dict[str, Any]]] = {
     "registry_keys": lambda r: {"registry_key": str(_pick(r, _KEYS)).format(n=_name(r))},
 }
 _NULLABLE: dict[str, tuple[str, ...]] = {
-    "ips": ("port",), "domains": ("domain",), "urls": ("url",), "paths": ("path",),
-    "artifacts": ("path", "aid"), "network_streams": ("src_port", "dst_port"),
+    "ips": ("port",),
+    "domains": ("domain",),
+    "urls": ("url",),
+    "paths": ("path",),
+    "artifacts": ("path", "aid"),
+    "network_streams": ("src_port", "dst_port"),
     "registry_keys": ("registry_key",),
 }

@@ -42,10 +42,23 @@ from harvester.windows import API_FORMAT
 FEED_PATH = "/api/v2/iocs/feeds/{feed}"
 JSON_TYPE = "application/json;charset=utf-8"
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
-_COMMON = {"api_key", "after", "before", "confidence", "severity", "ioc", "org_only",
-           "user_only", "sample", "limit", "offset"}
-_HTML = (b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head>"
-         b"<body><h1>Bad Gateway</h1><p>The upstream server is unavailable.</p></body></html>")
+_COMMON = {
+    "api_key",
+    "after",
+    "before",
+    "confidence",
+    "severity",
+    "ioc",
+    "org_only",
+    "user_only",
+    "sample",
+    "limit",
+    "offset",
+}
+_HTML = (
+    b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head>"
+    b"<body><h1>Bad Gateway</h1><p>The upstream server is unavailable.</p></body></html>"
+)
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -87,9 +100,13 @@ class Faults:
 
     def exclusive(self) -> tuple[tuple[str, float], ...]:
         """The mutually exclusive fault kinds and their probabilities, in drawing order."""
-        return (("error", self.error_rate), ("drop", self.drop_rate),
-                ("truncate", self.truncate_rate), ("html", self.html_rate),
-                ("missing_items", self.missing_items_rate))
+        return (
+            ("error", self.error_rate),
+            ("drop", self.drop_rate),
+            ("truncate", self.truncate_rate),
+            ("html", self.html_rate),
+            ("missing_items", self.missing_items_rate),
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -196,8 +213,9 @@ class _Service:
             self.stats.rate_limited += 1
             return self._error(429, "Rate limit exceeded.", {"Retry-After": str(math.ceil(wait))})
         key = self.options.api_key
-        if (request.headers.getall("Authorization", []) != [f"Bearer {key}"]
-                and request.query.getall("api_key", []) != [key]):
+        if request.headers.getall("Authorization", []) != [
+            f"Bearer {key}"
+        ] and request.query.getall("api_key", []) != [key]:
             return self._error(401, "Unauthorized API request.")
         if feed not in FEEDS:
             return self._error(404, f"Unknown IOC feed '{feed}'.")
@@ -240,16 +258,26 @@ class _Service:
             raise _BadRequest(f"Unknown parameter(s) {', '.join(unknown)} for feed '{feed}'.")
         for name in ("after", "before"):
             if name in params and _instant(params[name]) is None:
-                raise _BadRequest(f"Invalid date format for '{name}': {params[name]!r}; "
-                                  "expected YYYY-MM-DDTHH:MM:SSZ, e.g. 2018-01-15T09:00:00Z.")
+                raise _BadRequest(
+                    f"Invalid date format for '{name}': {params[name]!r}; "
+                    "expected YYYY-MM-DDTHH:MM:SSZ, e.g. 2018-01-15T09:00:00Z."
+                )
         limit = _integer(params, "limit", self.options.default_limit, 1)
         offset = _integer(params, "offset", 0, 0)
         scores = [_integer(params, n, DEFAULT_SCORE, 0, 100) for n in ("confidence", "severity")]
         flags = [_flag(params, n) for n in ("org_only", "user_only")]
         samples = tuple(sorted({s for s in params.get("sample", "").split(",") if s}))
         restrictions = tuple(sorted((k, v) for k, v in params.items() if k in allowed))
-        query_key = (feed, params.get("after"), params.get("before"), *scores,
-                     params.get("ioc"), *flags, samples, restrictions)
+        query_key = (
+            feed,
+            params.get("after"),
+            params.get("before"),
+            *scores,
+            params.get("ioc"),
+            *flags,
+            samples,
+            restrictions,
+        )
         return query_key, offset, min(limit, self.options.max_limit)
 
     def _select(self, query: _Query) -> list[dict[str, Any]]:
@@ -257,25 +285,39 @@ class _Service:
         if items is None:
             feed, after, before, confidence, severity, ioc, org, user, samples, restr = query
             records = self.dataset.select(
-                feed, after=_instant(after), before=_instant(before),
+                feed,
+                after=_instant(after),
+                before=_instant(before),
                 after_inclusive=self.options.after_inclusive,
-                before_inclusive=self.options.before_inclusive, confidence=confidence,
-                severity=severity, ioc=ioc, org_only=org, user_only=user, sample=samples,
+                before_inclusive=self.options.before_inclusive,
+                confidence=confidence,
+                severity=severity,
+                ioc=ioc,
+                org_only=org,
+                user_only=user,
+                sample=samples,
                 restrictions=dict(restr),
             )
             items = [r.item for r in records]
             self._selections.put(query, items)
         return items
 
-    def _page(self, query: _Query, items: list[dict[str, Any]], index: int, start: int,
-              limit: int) -> bytes:
+    def _page(
+        self, query: _Query, items: list[dict[str, Any]], index: int, start: int, limit: int
+    ) -> bytes:
         """The page's envelope: ``data`` rendered once and cached, ``id`` fresh each time."""
         key = (query, index, start, limit)
         data = self._pages.get(key)
         if data is None:
             page = items[start : start + limit]
-            data = orjson.dumps({"index": index, "current_item_count": len(page),
-                                 "items_per_page": limit, "items": page})
+            data = orjson.dumps(
+                {
+                    "index": index,
+                    "current_item_count": len(page),
+                    "items_per_page": limit,
+                    "items": page,
+                }
+            )
             self._pages.put(key, data)
         return b'{"api_version":2,"id":%d,"data":%b}' % (next(self._ids), data)
 
@@ -288,8 +330,9 @@ class _Service:
             draw -= rate
         return None
 
-    async def _misbehave(self, kind: str, request: web.Request, body: bytes, offset: int,
-                         limit: int) -> web.StreamResponse | None:
+    async def _misbehave(
+        self, kind: str, request: web.Request, body: bytes, offset: int, limit: int
+    ) -> web.StreamResponse | None:
         if kind == "error":
             status = self._rng.choice((500, 502, 503))
             if status == 502:
@@ -356,8 +399,9 @@ def _instant(text: str | None) -> datetime | None:
         return None
 
 
-def _integer(params: Mapping[str, str], name: str, default: int, low: int,
-             high: int | None = None) -> int:
+def _integer(
+    params: Mapping[str, str], name: str, default: int, low: int, high: int | None = None
+) -> int:
     text = params.get(name)
     if text is None:
         return default
@@ -382,8 +426,14 @@ class Simulator:
     ``options.dataset``.
     """
 
-    def __init__(self, options: ServerOptions | None = None, *, host: str = "127.0.0.1",
-                 port: int = 0, dataset: Dataset | None = None) -> None:
+    def __init__(
+        self,
+        options: ServerOptions | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        dataset: Dataset | None = None,
+    ) -> None:
         self.options = options or ServerOptions()
         if dataset is not None and dataset.spec != self.options.dataset:
             raise ValueError("dataset.spec differs from options.dataset")
@@ -435,16 +485,26 @@ class Simulator:
         await self.start()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.stop()
 
 
 class SimulatorThread:
     """A :class:`Simulator` on its own thread and event loop, for sync code and fixtures."""
 
-    def __init__(self, options: ServerOptions | None = None, *, host: str = "127.0.0.1",
-                 port: int = 0, dataset: Dataset | None = None) -> None:
+    def __init__(
+        self,
+        options: ServerOptions | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        dataset: Dataset | None = None,
+    ) -> None:
         self._sim = Simulator(options, host=host, port=port, dataset=dataset)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -505,8 +565,12 @@ class SimulatorThread:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
     def _run(self) -> None:

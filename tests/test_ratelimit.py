@@ -1,0 +1,80 @@
+"""The adaptive rate limiter, on a fake clock against a simulated token-bucket server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from harvester.ratelimit import AdaptiveRateLimiter
+
+
+class FakeTime:
+    """A clock that only moves when someone sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
+        await asyncio.sleep(0)
+
+
+class Bucket:
+    """The server side: R requests per second with a burst of R, 429 beyond."""
+
+    def __init__(self, rate: float, time: FakeTime) -> None:
+        self.rate, self.tokens, self.time, self.last = rate, rate, time, 0.0
+
+    def take(self) -> bool:
+        now = self.time.now
+        self.tokens = min(self.rate, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+def drive(allowance: float, ceiling: float, seconds: float) -> tuple[float, float, int]:
+    """Run requests back to back for ``seconds``; return (ok/s in the last half, 429 share, n)."""
+    time = FakeTime()
+    limiter = AdaptiveRateLimiter(ceiling, clock=time.clock, sleep=time.sleep)
+    server = Bucket(allowance, time)
+    log: list[tuple[float, bool]] = []
+
+    async def go() -> None:
+        while time.now < seconds:
+            async with limiter:
+                ok = server.take()
+            log.append((time.now, ok))
+            if ok:
+                limiter.on_success()
+            else:
+                limiter.on_throttled(1.0)
+            time.now += 0.001  # the request itself takes a millisecond
+
+    asyncio.run(go())
+    late = [ok for t, ok in log if t >= seconds / 2]
+    throttled = sum(1 for _, ok in log if not ok)
+    return sum(late) / (seconds / 2), throttled / len(log), len(log)
+
+
+@pytest.mark.parametrize(("allowance", "ceiling"), [(40, 1000), (40, 60), (5, 500), (200, 10_000)])
+def test_learns_an_unknown_allowance_quickly_and_stays_just_under(
+    allowance: float, ceiling: float
+) -> None:
+    """Told a ceiling far above the API's allowance, it sustains >= 0.9 of it with <= 2% 429s."""
+    sustained, share_429, _ = drive(allowance, ceiling, seconds=120)
+    assert sustained >= 0.9 * allowance
+    assert share_429 <= 0.02
+
+
+def test_never_exceeds_the_configured_ceiling() -> None:
+    """Below the API's allowance, the configured rate is the limit."""
+    sustained, share_429, _ = drive(allowance=1000, ceiling=20, seconds=60)
+    assert share_429 == 0
+    assert 19 <= sustained <= 20.5
