@@ -10,6 +10,7 @@ the key cannot leak even with ``--auth query``.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -198,10 +199,18 @@ def _status_error(url: str, status: int, body: bytes) -> ApiError:
     )
 
 
+def _loads(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        # orjson refuses integers beyond 64 bits; the standard library reads any JSON.
+        return json.loads(body)
+
+
 def _parse_page(url: str, body: bytes, content_type: str) -> Page:
     try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        document = _loads(body)
+    except ValueError as exc:
         kind = content_type.split(";")[0] or "no content type"
         raise BadResponse(
             f"GET {url}: expected a JSON body, got {len(body)} bytes of {kind} "

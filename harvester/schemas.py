@@ -7,6 +7,7 @@ and any value whose type does not fit its column. Nothing the API sends is dropp
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -100,48 +101,77 @@ def items_to_table(feed: Feed, items: Sequence[Mapping[str, Any]]) -> pa.Table:
     original item can always be rebuilt. An item without a parseable ``timestamp``
     cannot be placed in a window and raises :class:`DataError`.
     """
-    fast = _fast_table(feed, items)
-    return fast if fast is not None else _careful_table(feed, items)
+    names = feed.names
+    clean: list[Mapping[str, Any]] = []
+    odd: list[Mapping[str, Any]] = []
+    for item in items:
+        (clean if type(item) is dict and names.issuperset(item) else odd).append(item)
+    table = _fast_table(feed, clean)
+    if isinstance(table, set):  # some values do not fit their columns: those rows go slow
+        odd += [clean[i] for i in sorted(table)]
+        clean = [item for i, item in enumerate(clean) if i not in table]
+        table = _fast_table(feed, clean)
+        if isinstance(table, set):  # cannot happen, but never guess: do it all carefully
+            return _careful_table(feed, items)
+    if not odd:
+        return table
+    return pa.concat_tables([table, _careful_table(feed, odd)])
 
 
 _ALLOWED = {INT: {int, type(None)}, BIGINT: {int, type(None)}, STR: {str, type(None)}}
 
 
-def _fast_table(feed: Feed, items: Sequence[Mapping[str, Any]]) -> pa.Table | None:
-    """Column-at-a-time conversion for the usual page: known keys, right types.
+def _fast_table(feed: Feed, items: Sequence[Mapping[str, Any]]) -> pa.Table | set[int]:
+    """Column-at-a-time conversion of items whose keys are all known.
 
-    Returns ``None`` whenever anything is unusual, and the careful path decides. Checks
-    are by exact type (a ``bool`` is not an ``int``, and pyarrow would quietly truncate
-    ``95.5`` to ``95``), so the two paths always agree.
+    Returns the table, or the rows whose values do not fit their columns (for the
+    careful path). Checks are by exact type: a ``bool`` is not an ``int``, and pyarrow
+    would quietly truncate ``95.5`` to ``95``. So the two paths always agree.
     """
-    try:
-        keys: set[str] = set().union(*items)
-    except TypeError:
-        return None  # an item is not an object
-    if not keys <= feed.names:
-        return None
     arrays = []
+    bad: set[int] = set()
     for name, kind in feed.fields:
         values = [item.get(name) for item in items]
         if kind == TIMESTAMP:
-            if not set(map(type, values)) <= {str}:
-                return None
-            text = pa.array(values, type=STR)
-            if pc.min_max(pc.utf8_length(text)).as_py() != {"min": 20, "max": 20} and values:
-                return None
-            try:
-                arrays.append(pc.strptime(text, format=API_FORMAT, unit="s").cast(TIMESTAMP))
-            except pa.ArrowInvalid:
-                return None
+            parsed = _fast_timestamps(values, bad)
+            if parsed is not None:
+                arrays.append(parsed)
             continue
         if not set(map(type, values)) <= _ALLOWED[kind]:
-            return None
+            bad.update(i for i, v in enumerate(values) if type(v) not in _ALLOWED[kind])
+            continue
         try:
             arrays.append(pa.array(values, type=kind))
         except (pa.ArrowInvalid, OverflowError):
-            return None  # an integer out of range: the careful path keeps it in extra
+            low, high = _INT_RANGE[kind]
+            bad.update(i for i, v in enumerate(values) if v is not None and not low <= v <= high)
+    if bad:
+        return bad
     arrays.append(pa.nulls(len(items), type=STR))
     return pa.Table.from_arrays(arrays, schema=feed.schema)
+
+
+def _fast_timestamps(values: list[Any], bad: set[int]) -> pa.Array | None:
+    """Parse canonical ``YYYY-MM-DDTHH:MM:SSZ`` stamps; note the rows that are not."""
+    if not set(map(type, values)) <= {str}:
+        bad.update(i for i, v in enumerate(values) if type(v) is not str)
+        return None
+    text = pa.array(values, type=STR)
+    odd = pc.not_equal(pc.utf8_length(text), 20)
+    if pc.any(odd).as_py():
+        bad.update(pc.indices_nonzero(odd).to_pylist())
+        return None
+    try:
+        return pc.strptime(text, format=API_FORMAT, unit="s").cast(TIMESTAMP)
+    except pa.ArrowInvalid:
+        for i, value in enumerate(values):
+            try:
+                datetime.strptime(value, API_FORMAT)
+            except ValueError:
+                bad.add(i)
+        if not bad:
+            bad.update(range(len(values)))  # Arrow and Python disagree: take no chances
+        return None
 
 
 def _careful_table(feed: Feed, items: Sequence[Mapping[str, Any]]) -> pa.Table:
@@ -165,10 +195,17 @@ def _careful_table(feed: Feed, items: Sequence[Mapping[str, Any]]) -> pa.Table:
                 leftover = leftover or {}
                 leftover[key] = value
         if leftover:
-            extras[row] = orjson.dumps(leftover, option=orjson.OPT_SORT_KEYS).decode()
+            extras[row] = _to_json(leftover)
     arrays = [_typed(feed, n, t, columns[n]) for n, t in feed.fields]
     arrays.append(pa.array(extras, type=STR))
     return pa.Table.from_arrays(arrays, schema=feed.schema)
+
+
+def _to_json(value: dict[str, Any]) -> str:
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:  # an integer beyond 64 bits: the standard library can write it
+        return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
 def _canonical_time(value: str) -> bool:
