@@ -40,6 +40,13 @@ def data_key(feed: str, day: date, window: Window) -> str:
 def owned_rows(table: pa.Table, window: Window) -> pa.Table:
     """The rows of ``table`` whose timestamp lies in ``[start, end)``."""
     stamps = table.column("timestamp")
+    bounds = pc.min_max(stamps).as_py()
+    if bounds["min"] is None:
+        return table
+    if window.start <= bounds["min"] and bounds["max"] < window.end:
+        return table  # the usual page: wholly inside, no need to copy it
+    if bounds["max"] < window.start or bounds["min"] >= window.end:
+        return table.slice(0, 0)
     start = pa.scalar(window.start, type=stamps.type)
     end = pa.scalar(window.end, type=stamps.type)
     mask = pc.and_(pc.greater_equal(stamps, start), pc.less(stamps, end))
