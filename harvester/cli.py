@@ -30,7 +30,7 @@ import structlog
 
 from harvester import logs
 from harvester.cli_support import print_table
-from harvester.config import API_KEY_ENV, DEFAULTS, build_config, load_toml
+from harvester.config import API_KEY_ENV, DEFAULTS, OPTION_TYPES, build_config, load_toml
 from harvester.errors import ConfigError, HarvesterError
 from harvester.orchestrator import Harvest, RunResult, plan
 from harvester.planner import Plan, describe_plan
@@ -204,36 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     """Merge defaults < config file < flags into one dict of raw options."""
     from_file = load_toml(args.config) if args.config else {}
-    flags = {
-        key: getattr(args, key)
-        for key in (
-            "after",
-            "before",
-            "out",
-            "feeds",
-            "base_url",
-            "window",
-            "confidence",
-            "severity",
-            "ioc",
-            "org_only",
-            "user_only",
-            "sample",
-            "filter",
-            "limit",
-            "concurrency",
-            "rate",
-            "auth",
-            "prefetch",
-            "attempts",
-            "retry_timeout",
-            "request_timeout",
-            "s3_endpoint_url",
-            "shard",
-            "shards",
-        )
-        if getattr(args, key) is not None
-    }
+    # Every option a config file may hold has a flag of the same name, and vice versa.
+    flags = {key: getattr(args, key) for key in OPTION_TYPES if getattr(args, key) is not None}
     return {**from_file, **flags}
 
 

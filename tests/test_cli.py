@@ -181,3 +181,48 @@ def test_every_command_has_help_with_examples() -> None:
         result = cli([command, "--help"])
         assert result.returncode == 0, (command, result.stderr)
         assert "example" in result.stdout, command
+
+
+def test_every_config_key_is_a_flag_and_every_flag_a_config_key() -> None:
+    """The TOML keys and the run flags are one set, so neither can drift from the other."""
+    from harvester.cli import build_parser
+    from harvester.config import OPTION_TYPES
+
+    run = next(
+        a
+        for a in build_parser()._subparsers._group_actions[0].choices.values()  # type: ignore[union-attr]
+        if a.prog.endswith(" run")
+    )
+    flags = {a.dest for a in run._actions if a.option_strings} - {
+        "help",
+        "config",
+        "no_progress",
+        "log_level",
+        "log_json",
+    }
+    assert flags == set(OPTION_TYPES)
+
+
+def test_since_last_through_the_command_line(sim: SimulatorThread, tmp_path: Path) -> None:
+    """`run --since-last --before ... --lag` continues from the lake, as cron would run it."""
+    out = tmp_path / "lake"
+    first = cli(["run", *RANGE, "--out", str(out), "--base-url", sim.url, "--feeds", "ips"])
+    assert first.returncode == 0, first.stderr
+    args = [
+        "run",
+        "--since-last",
+        "--before",
+        "2024-01-04T06:00:00Z",
+        "--lag",
+        "1h",
+        "--out",
+        str(out),
+        "--base-url",
+        sim.url,
+        "--feeds",
+        "ips",
+    ]
+    second = cli(args)
+    assert second.returncode == 0, second.stderr
+    done = [json.loads(x) for x in second.stderr.splitlines() if '"window.done"' in x]
+    assert [e["window"] for e in done] == ["[2024-01-03T00:00:00Z, 2024-01-04T00:00:00Z)"]
