@@ -84,13 +84,22 @@ FEEDS: dict[str, Feed] = {
 _INT_RANGE = {INT: (-(2**31), 2**31 - 1), BIGINT: (-(2**63), 2**63 - 1)}
 
 
+# Exact types: a bool is not an int, and a float is not one either.
+_ALLOWED = {
+    INT: {int, type(None)},
+    BIGINT: {int, type(None)},
+    STR: {str, type(None)},
+    TIMESTAMP: {str, type(None)},
+}
+
+
 def _fits(value: Any, kind: pa.DataType) -> bool:
-    if value is None:
-        return True
-    if kind in (STR, TIMESTAMP):
-        return isinstance(value, str)
-    low, high = _INT_RANGE[kind]
-    return type(value) is int and low <= value <= high
+    if type(value) not in _ALLOWED[kind]:
+        return False
+    if type(value) is int:
+        low, high = _INT_RANGE[kind]
+        return low <= value <= high
+    return True
 
 
 def items_to_table(feed: Feed, items: Sequence[Mapping[str, Any]]) -> pa.Table:
@@ -116,9 +125,6 @@ def items_to_table(feed: Feed, items: Sequence[Mapping[str, Any]]) -> pa.Table:
     if not odd:
         return table
     return pa.concat_tables([table, _careful_table(feed, odd)])
-
-
-_ALLOWED = {INT: {int, type(None)}, BIGINT: {int, type(None)}, STR: {str, type(None)}}
 
 
 def _fast_table(feed: Feed, items: Sequence[Mapping[str, Any]]) -> pa.Table | set[int]:
