@@ -110,6 +110,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="continue each feed from the end of its last contiguous complete window",
     )
     add("--lag", metavar="DURATION", help="with --before now: skip windows ending after now-lag")
+    add(
+        "--force",
+        action="store_const",
+        const=True,
+        help="harvest complete windows again too (to pick up late records); files are replaced",
+    )
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:

@@ -74,6 +74,7 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "shard": (str,),
     "shards": (int,),
     "since_last": (bool,),
+    "force": (bool,),
     "lag": (str,),
 }
 
@@ -169,6 +170,7 @@ class HarvestConfig:
     s3_endpoint_url: str | None = None
     shard: Shard = field(default_factory=Shard)
     since_last: bool = False
+    force: bool = False
 
     def __post_init__(self) -> None:
         for name in ("limit", "concurrency", "prefetch", "attempts"):
@@ -397,6 +399,7 @@ def build_config(
         s3_endpoint_url=merged.get("s3_endpoint_url") or None,
         shard=shard,
         since_last=since_last,
+        force=bool(merged.get("force")),
     )
 
 

@@ -73,7 +73,9 @@ async def plan(config: HarvestConfig, store: Store) -> Plan:
     every_done = frozenset(
         u
         for u in every
-        if (e := entries_by_feed[u.feed].get(u.window)) is not None and e.fingerprint == fingerprint
+        if not config.force
+        and (e := entries_by_feed[u.feed].get(u.window)) is not None
+        and e.fingerprint == fingerprint
     )
     mine = assign_shard(every, config.shard, feeds=config.feeds)
     return Plan(

@@ -238,3 +238,13 @@ def test_small_windows_over_sparse_days_cost_a_query_per_day(
     names = {p.name for p in (tmp_path / "registry_keys").glob("dt=*/*.parquet")}
     assert len(names) > 20  # one file per non-empty quarter hour
     assert len(list((tmp_path / "_manifest" / "registry_keys").glob("*.json"))) == 3 * 96
+
+
+def test_force_reharvests_complete_windows_in_place(sim: SimulatorThread, tmp_path: Path) -> None:
+    """--force harvests complete windows again, replacing their files: still exact."""
+    assert harvest(sim.url, str(tmp_path), feeds="ips").ok
+    again = harvest(sim.url, str(tmp_path), feeds="ips", force=True)
+    assert again.ok
+    assert again.feeds["ips"].done == 3
+    assert again.feeds["ips"].skipped == 0
+    assert_lake_exact(str(tmp_path), truth(sim, ["ips"]))
