@@ -7,7 +7,11 @@ unknown, so it is learnt from the API itself:
 * A 429 means we are above the allowance. The requests that *succeeded* in the last
   second are the best estimate of it, so the rate drops at once to just under that
   (and at least by ``decrease``); a volley of 429s within ``cooldown`` counts once.
-  Every request also waits out the server's ``Retry-After``.
+  The throttled request itself waits out the server's ``Retry-After`` (the retry
+  policy does that); everyone else is held back too only when the server asks for a
+  long pause (more than ``hold_after`` seconds). Holding every worker for a routine
+  ``Retry-After: 1`` would cost a second of throughput per 429 for nothing, since the
+  lower rate already relieves the server.
 * While no 429 arrives, the rate creeps up by ``probe`` of itself per second, towards
   the ceiling, to find out whether the allowance has grown. Creeping, not jumping,
   keeps the 429s this costs to a handful per probe.
@@ -46,6 +50,7 @@ class AdaptiveRateLimiter:
         margin: float = 0.95,
         probe: float = 0.01,
         cooldown: float = 0.25,
+        hold_after: float = 2.0,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
@@ -59,6 +64,7 @@ class AdaptiveRateLimiter:
         self._margin = margin
         self._probe = probe
         self._cooldown = cooldown
+        self._hold_after = hold_after
         self._clock = clock
         self._sleep = sleep
         self._next = clock()
@@ -87,7 +93,7 @@ class AdaptiveRateLimiter:
         return len(self._successes)
 
     def on_throttled(self, retry_after: float | None = None) -> None:
-        """A 429 arrived: drop below the allowance, and hold everyone for ``retry_after``."""
+        """A 429 arrived: drop below the allowance; on a long ``retry_after``, hold everyone."""
         now = self._clock()
         self.throttles += 1
         if now - self._last_throttle >= self._cooldown:
@@ -97,7 +103,7 @@ class AdaptiveRateLimiter:
                 lowered = min(lowered, estimate)
             self.rate = max(self.min_rate, lowered)
             self._last_throttle = now
-        if retry_after:
+        if retry_after and retry_after > self._hold_after:
             self._next = max(self._next, now + retry_after)
 
     def on_success(self) -> None:

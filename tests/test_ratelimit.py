@@ -78,3 +78,15 @@ def test_never_exceeds_the_configured_ceiling() -> None:
     sustained, share_429, _ = drive(allowance=1000, ceiling=20, seconds=60)
     assert share_429 == 0
     assert 19 <= sustained <= 20.5
+
+
+def test_a_long_retry_after_holds_everyone() -> None:
+    """A Retry-After of a minute stops every caller; a routine one second does not."""
+    time = FakeTime()
+    limiter = AdaptiveRateLimiter(10, clock=time.clock, sleep=time.sleep)
+    limiter.on_throttled(1.0)
+    asyncio.run(limiter.acquire())
+    assert time.now < 1.0
+    limiter.on_throttled(60.0)
+    asyncio.run(limiter.acquire())
+    assert time.now >= 60.0
