@@ -79,7 +79,9 @@ async def page_through(
         cursor = offset
         try:
             while True:
-                while len(pending) < prefetch:
+                # Fetch ahead only as deep as the window has proved to be: a window of
+                # a few pages should not pay for requests past its end.
+                while len(pending) < min(prefetch, result.pages):
                     pending.append((cursor, asyncio.ensure_future(fetch(cursor, limit))))
                     cursor += size
                 at, task = pending.popleft()

@@ -6,7 +6,8 @@ unknown, so it is learnt from the API itself:
 
 * A 429 means we are above the allowance. The requests that *succeeded* in the last
   second are the best estimate of it, so the rate drops at once to just under that
-  (and at least by ``decrease``); a volley of 429s within ``cooldown`` counts once.
+  (or by ``decrease`` when nothing got through); a volley of 429s within ``cooldown``
+  counts once.
   The throttled request itself waits out the server's ``Retry-After`` (the retry
   policy does that); everyone else is held back too only when the server asks for a
   long pause (more than ``hold_after`` seconds). Holding every worker for a routine
@@ -48,7 +49,7 @@ class AdaptiveRateLimiter:
         min_rate: float | None = None,
         decrease: float = 0.7,
         margin: float = 0.95,
-        probe: float = 0.01,
+        probe: float = 0.003,
         cooldown: float = 0.25,
         hold_after: float = 2.0,
         clock: Clock = time.monotonic,
@@ -98,9 +99,8 @@ class AdaptiveRateLimiter:
         self.throttles += 1
         if now - self._last_throttle >= self._cooldown:
             estimate = self._recent_successes(now) / WINDOW * self._margin
-            lowered = self.rate * self._decrease
-            if estimate > 0:
-                lowered = min(lowered, estimate)
+            # What got through is the allowance; without a measurement, back off blindly.
+            lowered = min(self.rate, estimate) if estimate > 0 else self.rate * self._decrease
             self.rate = max(self.min_rate, lowered)
             self._last_throttle = now
         if retry_after and retry_after > self._hold_after:
