@@ -67,7 +67,25 @@ def build_status(
         "runs": len(ordered),
         "last_run": _run_view(ordered[-1]) if ordered else None,
         "feeds": {f: feed_status(f, by_feed.get(f, []), ordered) for f in names},
+        "shards": shard_status(by_feed, ordered),
     }
+
+
+def shard_status(
+    entries: Mapping[str, Sequence[Entry]], reports: Sequence[Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Each shard's share of what the lake holds: windows and rows, and its last run."""
+    shards: dict[str, dict[str, Any]] = {}
+    for found in entries.values():
+        for entry in found:
+            view = shards.setdefault(entry.shard, {"windows": 0, "rows": 0, "last_run": None})
+            view["windows"] += 1
+            view["rows"] += entry.rows
+    for report in reports:  # oldest first: the last one seen wins
+        shard = report.get("parameters", {}).get("shard", "0/1")
+        view = shards.setdefault(shard, {"windows": 0, "rows": 0, "last_run": None})
+        view["last_run"] = _run_view(report)
+    return dict(sorted(shards.items()))
 
 
 def feed_status(
@@ -224,6 +242,17 @@ def render_status(status: Mapping[str, Any]) -> str:
     ]
     if gaps:
         lines += ["", "Days not complete:", *_table(["feed", "kind", "days"], gaps, indent=2)]
+    shards: Mapping[str, Mapping[str, Any]] = status.get("shards", {})
+    if len(shards) > 1:
+        table = [
+            [shard, f"{view['windows']:,}", f"{view['rows']:,}", _last_run_cell(view)]
+            for shard, view in shards.items()
+        ]
+        lines += [
+            "",
+            "Shards:",
+            *_table(["shard", "windows", "rows", "last run"], table, right={1, 2}, indent=2),
+        ]
     failures = [
         [feed, f["window"], _one_line(f"{f['error']}: {f['reason']}")]
         for feed, view in feeds.items()
@@ -297,3 +326,11 @@ def _table(
         return pad + "  ".join(aligned).rstrip()
 
     return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+
+
+def _last_run_cell(view: Mapping[str, Any]) -> str:
+    run = view.get("last_run")
+    if not run:
+        return "-"
+    outcome = "ok" if run.get("ok") else "interrupted" if run.get("interrupted") else "failed"
+    return f"{run.get('ended_at') or '?'} ({outcome})"

@@ -264,3 +264,26 @@ def test_status_command_prints_json_and_text(sim: SimulatorThread, tmp_path: Pat
     as_text = cli(["status", "--out", str(tmp_path)])
     assert as_text.returncode == 0, as_text.stderr
     assert "domains" in as_text.stdout and "2024-01-01" in as_text.stdout
+
+
+def test_status_shows_each_shards_share(sim, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """After a sharded job, status counts each shard's windows and rows and its last run."""
+    import asyncio
+
+    from harvester.status import collect_status, render_status
+    from harvester.storage import LocalStore
+
+    from harvesting import harvest
+
+    out = str(tmp_path / "lake")
+    results = [harvest(sim.url, out, feeds="ips,urls", shard=f"{i}/2") for i in range(2)]
+    assert all(r.ok for r in results)
+    status = asyncio.run(collect_status(LocalStore(out)))
+    shards = status["shards"]
+    assert set(shards) == {"0/2", "1/2"}
+    assert sum(v["windows"] for v in shards.values()) == 6
+    assert sum(v["rows"] for v in shards.values()) == sum(
+        s.rows for r in results for s in r.feeds.values()
+    )
+    assert all(v["last_run"]["ok"] for v in shards.values())
+    assert "Shards:" in render_status(status)
