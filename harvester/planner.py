@@ -140,11 +140,6 @@ class Plan:
     every_done: frozenset[Unit] = frozenset()
 
     @property
-    def total_units(self) -> int:
-        """Units of the whole job, all shards together."""
-        return len(self.every)
-
-    @property
     def todo(self) -> list[Unit]:
         """Units still to harvest, oldest window first."""
         return [u for u in self.units if u not in self.done]
