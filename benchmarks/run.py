@@ -358,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         about=about,
     )
     if args.out:
-        Path(args.out).write_text(report, encoding="utf-8")
+        Path(args.out).write_text(report + kept_log(Path(args.out)), encoding="utf-8")
         log(f"report written to {args.out}")
     else:
         print(report)
@@ -371,3 +371,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+LOG_HEADING = "## Improvement log"
+
+
+def kept_log(path: Path) -> str:
+    """The hand-kept improvement log of an existing report, to carry into the new one."""
+    if not path.exists():
+        return ""
+    text = path.read_text(encoding="utf-8")
+    at = text.find(LOG_HEADING)
+    return "" if at < 0 else "\n" + text[at:]

@@ -72,15 +72,22 @@ class AdaptiveRateLimiter:
         self._last_throttle = -float("inf")
         self._last_growth = clock()
         self._successes: deque[float] = deque()
+        self._generation = 0
 
     async def acquire(self) -> None:
         """Wait for this caller's slot."""
-        now = self._clock()
-        self._grow(now)
-        slot = max(now, self._next)
-        self._next = slot + 1.0 / self.rate
-        if slot > now:
-            await self._sleep(slot - now)
+        while True:
+            now = self._clock()
+            self._grow(now)
+            generation = self._generation
+            slot = max(now, self._next)
+            self._next = slot + 1.0 / self.rate
+            if slot > now:
+                await self._sleep(slot - now)
+            if generation == self._generation:
+                return
+            # A 429 came while we waited: our slot was booked at the old pace, so queue
+            # again at the new one instead of joining the volley.
 
     def _grow(self, now: float) -> None:
         elapsed = now - self._last_growth
@@ -103,6 +110,8 @@ class AdaptiveRateLimiter:
             lowered = min(self.rate, estimate) if estimate > 0 else self.rate * self._decrease
             self.rate = max(self.min_rate, lowered)
             self._last_throttle = now
+            self._generation += 1
+            self._next = now + 1.0 / self.rate
         if retry_after and retry_after > self._hold_after:
             self._next = max(self._next, now + retry_after)
 
