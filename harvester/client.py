@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -44,7 +44,6 @@ class Page:
     index: int
     items_per_page: int
     items: list[dict[str, Any]]
-    nbytes: int = 0
 
 
 @dataclass(kw_only=True)
@@ -55,7 +54,6 @@ class Counters:
     retries: int = 0
     throttled: int = 0
     bytes: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
 
 
 class ApiClient:
@@ -123,8 +121,6 @@ class ApiClient:
 
         def on_retry(error: BaseException, attempt: int, delay: float) -> None:
             stats.retries += 1
-            kind = type(error).__name__
-            stats.errors[kind] = stats.errors.get(kind, 0) + 1
 
         return await call_with_retry(
             lambda: self._get_once(feed, params),
@@ -224,4 +220,4 @@ def _parse_page(url: str, body: bytes, content_type: str) -> Page:
     per_page = data.get("items_per_page")
     if type(index) is not int or type(per_page) is not int or per_page < 1:
         raise BadResponse(f"GET {url}: envelope lacks integer data.index/data.items_per_page")
-    return Page(index=index, items_per_page=per_page, items=items, nbytes=len(body))
+    return Page(index=index, items_per_page=per_page, items=items)

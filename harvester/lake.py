@@ -93,7 +93,6 @@ class WindowWriter:
         self.window = window
         self.row_group_rows = row_group_rows
         self.rows = 0
-        self.dropped = 0
         self._days: dict[date, _DayFile] = {}
 
     async def __aenter__(self) -> WindowWriter:
@@ -107,7 +106,6 @@ class WindowWriter:
     async def add(self, table: pa.Table) -> None:
         """Append the rows of ``table`` that this window owns."""
         owned = owned_rows(table, self.window)
-        self.dropped += table.num_rows - owned.num_rows
         for day, part in split_by_day(owned, self.window).items():
             handle = self._days.get(day) or await self._open(day)
             handle.pending.append(part)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import pyarrow.compute as pc
 import structlog
 
 from harvester import manifest, report
@@ -325,8 +326,15 @@ class Harvest:
 
             async def on_page(page: Page) -> None:
                 table = await asyncio.to_thread(items_to_table, feed, page.items)
+                if not table.num_rows:
+                    return
+                # Newest first or not, one page spans a few windows of the batch at most:
+                # hand it only to those, not to every writer of a day of quarter hours.
+                bounds = pc.min_max(table.column("timestamp")).as_py()
+                low, high = bounds["min"], bounds["max"]
                 for writer in writers:
-                    await writer.add(table)
+                    if writer.window.start <= high and low < writer.window.end:
+                        await writer.add(table)
 
             paged = await page_through(
                 fetch, limit=self.config.limit, prefetch=self.config.prefetch, on_page=on_page
