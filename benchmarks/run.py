@@ -369,10 +369,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
-
-
 LOG_HEADING = "## Improvement log"
 
 
@@ -383,3 +379,7 @@ def kept_log(path: Path) -> str:
     text = path.read_text(encoding="utf-8")
     at = text.find(LOG_HEADING)
     return "" if at < 0 else "\n" + text[at:]
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from benchmarks.run import main
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
 def test_benchmark_harness_smoke_run_writes_a_report(tmp_path: Path) -> None:
-    """`python -m benchmarks.run --smoke` runs every scenario and writes its table."""
+    """`python -m benchmarks.run --smoke --out` runs every scenario, writes its table and
+    keeps the hand-written improvement log of the report it replaces."""
     out = tmp_path / "RESULTS.md"
-    assert main(["--smoke", "--out", str(out), "--workdir", str(tmp_path / "work")]) == 0
+    out.write_text("# old report\n\n## Improvement log\n\n- kept entry 42\n", encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--smoke", "--out", str(out)]
+        + ["--workdir", str(tmp_path / "work")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
     text = out.read_text()
     for scenario in (
         "a. CPU-bound",
@@ -24,3 +36,5 @@ def test_benchmark_harness_smoke_run_writes_a_report(tmp_path: Path) -> None:
     ):
         assert scenario in text
     assert "harvester" in text
+    assert "# old report" not in text
+    assert text.count("## Improvement log") == 1 and "- kept entry 42" in text
