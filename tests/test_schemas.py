@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harvester.errors import DataError
-from harvester.schemas import FEEDS, _careful_table, _fast_table, items_to_table
+from harvester.schemas import FEEDS, _careful_table, _fast_table, _typical_table, items_to_table
 
 
 def item(**over: object) -> dict[str, object]:
@@ -94,6 +94,7 @@ VALUES = st.one_of(
     st.booleans(),
     st.integers(-(2**40), 2**40),
     st.floats(allow_nan=False),
+    st.sampled_from([95.0, 0.0, -1.0, 2**31, -(2**31) - 1, ""]),
     st.text(max_size=8),
     st.lists(st.integers(), max_size=2),
 )
@@ -122,6 +123,9 @@ STAMPS = st.one_of(
 def test_fast_path_agrees_with_the_careful_path(feed: str, items: list[dict[str, object]]) -> None:
     """Column-at-a-time or item by item, a page becomes the same rows (order aside)."""
     careful = _careful_table(FEEDS[feed], items)
+    typical = _typical_table(FEEDS[feed], items)
+    if typical is not None:
+        assert typical.equals(careful)
     known = all(FEEDS[feed].names.issuperset(i) for i in items)
     fast = _fast_table(FEEDS[feed], items) if known else None
     if isinstance(fast, pa.Table):
@@ -137,6 +141,26 @@ def test_fast_path_handles_the_usual_page() -> None:
     assert _fast_table(FEEDS["domains"], [item(), item(confidence=95.5)]) == {1}
     assert _fast_table(FEEDS["ips"], [item(port=2**40), item()]) == {0}
     assert _fast_table(FEEDS["ips"], [item(), item(timestamp="2024-01-01T00:00:00.5Z")]) == {1}
+
+
+def test_typical_path_takes_the_usual_page_and_refuses_any_odd_value() -> None:
+    """Unknown keys stay on the one-pass path; one mistyped value anywhere leaves it."""
+    page = [item(ioc=str(i)) for i in range(2000)] + [item(family={"name": "emotet"}, n=None)]
+    typical = _typical_table(FEEDS["domains"], page)
+    assert typical is not None and typical.equals(_careful_table(FEEDS["domains"], page))
+    assert typical.column("extra").null_count == 2000
+    for odd in (
+        {"confidence": 95.0},
+        {"confidence": True},
+        {"confidence": "95"},
+        {"severity": 2**31},
+        {"domain": 7},
+        {"sample_id": ["a"]},
+        {"timestamp": "2024-01-01T00:00:00.5Z"},
+        {"timestamp": None},
+    ):
+        late = [*page, item(**odd)]  # last, so a sampling type check would miss it
+        assert _typical_table(FEEDS["domains"], late) is None, odd
 
 
 def test_integers_beyond_64_bits_are_kept_exactly() -> None:
