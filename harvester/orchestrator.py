@@ -45,7 +45,7 @@ from harvester.retry import RetryPolicy, Sleep
 from harvester.schemas import FEEDS, items_to_table
 from harvester.secret import Secret, redact
 from harvester.storage import Store
-from harvester.windows import Window, format_api, plan_windows, query_bounds
+from harvester.windows import API_FORMAT, Window, format_api, plan_windows, query_bounds
 
 log = structlog.get_logger("harvester")
 
@@ -341,7 +341,11 @@ class Harvest:
                         await writer.add(table)
 
             paged = await page_through(
-                fetch, limit=self.config.limit, prefetch=self.config.prefetch, on_page=on_page
+                fetch,
+                limit=self.config.limit,
+                prefetch=self.config.prefetch,
+                on_page=on_page,
+                covered=lambda page: covered_share(page, span),
             )
             committed = [(writer, await writer.finish()) for writer in writers]
         summary = self.result.feeds[batch.feed]
@@ -369,6 +373,24 @@ class Harvest:
                 pages=entry.pages,
                 batch=str(span),
             )
+
+
+def covered_share(page: Page, span: Window) -> float | None:
+    """How much of ``span`` the pages up to ``page`` have covered, if items are newest first.
+
+    The oldest item of the page bounds what is left; None when the page does not look
+    newest first or its stamps are not the documented form (paging then just fetches
+    ahead as deep as it may).
+    """
+    try:
+        newest = datetime.strptime(page.items[0]["timestamp"], API_FORMAT)
+        oldest = datetime.strptime(page.items[-1]["timestamp"], API_FORMAT)
+    except (IndexError, KeyError, TypeError, ValueError):
+        return None
+    start, end = span.start.replace(tzinfo=None), span.end.replace(tzinfo=None)
+    if not start <= oldest <= newest < end:
+        return None
+    return max((end - oldest) / (end - start), 1e-9)
 
 
 class _RareCollections:

@@ -10,11 +10,18 @@ requested at once (offsets ``o``, ``o + size``, ...) and handed on strictly in o
 order. If the server changes its page size mid-way, the pipeline restarts from the
 last verified offset. A page that repeats an earlier one, or one whose ``index`` is not
 the offset asked for, fails the window with :class:`PagingError` instead of looping.
+
+The API gives no total. When the caller can tell how much of the query's time range
+the pages so far have covered (items come newest first), the depth ahead is cut to the
+pages the density so far predicts, so a window does not end with ``prefetch - 1``
+requests for pages past its end. The estimate only ever limits speculation: paging
+still ends only on a short or empty page, and at least one page is always in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -27,6 +34,10 @@ from harvester.errors import PagingError
 
 FetchPage = Callable[[int, int], Awaitable[Page]]
 OnPage = Callable[[Page], Awaitable[None]]
+Covered = Callable[[Page], float | None]
+
+#: Pages fetched ahead cover the predicted remainder with this much to spare, in pages.
+SPARE = 0.5
 
 
 @dataclass(kw_only=True)
@@ -38,13 +49,33 @@ class PagingResult:
 
 
 async def page_through(
-    fetch: FetchPage, *, limit: int, prefetch: int, on_page: OnPage
+    fetch: FetchPage,
+    *,
+    limit: int,
+    prefetch: int,
+    on_page: OnPage,
+    covered: Covered | None = None,
 ) -> PagingResult:
-    """Fetch every page of one query, calling ``on_page`` for each in offset order."""
+    """Fetch every page of one query, calling ``on_page`` for each in offset order.
+
+    ``covered(page)``, if given, says what fraction (0..1] of the query's range the
+    pages up to and including ``page`` have covered, or None if it cannot tell.
+    """
     result = PagingResult()
     seen: dict[int, int] = {}
+    share: float | None = None
+
+    def depth(size: int) -> int:
+        # Fetch ahead only as deep as the window has proved to be: a window of a few
+        # pages should not pay for requests past its end.
+        wanted = min(prefetch, result.pages)
+        if share:
+            left = result.items * (1 - share) / share
+            wanted = min(wanted, math.ceil(round(left / size + SPARE, 6)))  # no float fuzz
+        return max(1, wanted)
 
     async def accept(page: Page, offset: int) -> None:
+        nonlocal share
         if page.index != offset:
             raise PagingError(
                 f"asked for offset {offset}, the server answered index {page.index}; "
@@ -65,6 +96,7 @@ async def page_through(
             seen[fingerprint] = offset
             result.pages += 1
             result.items += len(page.items)
+            share = covered(page) if covered else None
             await on_page(page)
 
     first = await fetch(0, limit)
@@ -79,9 +111,7 @@ async def page_through(
         cursor = offset
         try:
             while True:
-                # Fetch ahead only as deep as the window has proved to be: a window of
-                # a few pages should not pay for requests past its end.
-                while len(pending) < min(prefetch, result.pages):
+                while len(pending) < depth(size):
                     pending.append((cursor, asyncio.ensure_future(fetch(cursor, limit))))
                     cursor += size
                 at, task = pending.popleft()

@@ -13,13 +13,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_benchmark_harness_smoke_run_writes_a_report(tmp_path: Path) -> None:
-    """`python -m benchmarks.run --smoke --out` runs every scenario, writes its table and
-    keeps the hand-written improvement log of the report it replaces."""
-    out = tmp_path / "RESULTS.md"
+    """`make bench`'s command writes every scenario's table and keeps the improvement log."""
+    out, work = tmp_path / "RESULTS.md", str(tmp_path / "work")
     out.write_text("# old report\n\n## Improvement log\n\n- kept entry 42\n", encoding="utf-8")
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--smoke", "--out", str(out)]
-        + ["--workdir", str(tmp_path / "work")],
+        [sys.executable, "-m", "benchmarks.run", "--smoke", "--out", str(out), "--workdir", work],
         cwd=REPO,
         capture_output=True,
         text=True,

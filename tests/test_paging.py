@@ -1,6 +1,7 @@
 """Paging inside a window, against a fake page source (no HTTP: pure logic)."""
 
 import asyncio
+import itertools
 from collections.abc import Callable
 
 import pytest
@@ -26,13 +27,15 @@ def source(total: int, clamp: int, *, sizes: Callable[[int], int] | None = None)
     return fetch, calls
 
 
-def collect(fetch, *, limit: int, prefetch: int) -> list[int]:
+def collect(fetch, *, limit: int, prefetch: int, covered=None) -> list[int]:
     seen: list[int] = []
 
     async def on_page(page: Page) -> None:
         seen.extend(item["n"] for item in page.items)
 
-    asyncio.run(page_through(fetch, limit=limit, prefetch=prefetch, on_page=on_page))
+    asyncio.run(
+        page_through(fetch, limit=limit, prefetch=prefetch, on_page=on_page, covered=covered)
+    )
     return seen
 
 
@@ -47,6 +50,36 @@ def test_every_item_once_in_order(total: int, clamp: int, limit: int, prefetch: 
     """Whatever the clamp, limit and prefetch depth, each item arrives once, in order."""
     fetch, _ = source(total, clamp)
     assert collect(fetch, limit=limit, prefetch=prefetch) == list(range(total))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    total=st.integers(0, 400),
+    clamp=st.integers(1, 60),
+    prefetch=st.integers(1, 6),
+    shares=st.lists(st.one_of(st.none(), st.floats(1e-9, 1.0)), min_size=1, max_size=8),
+)
+def test_any_coverage_estimate_only_changes_speed(
+    total: int, clamp: int, prefetch: int, shares: list[float | None]
+) -> None:
+    """However wrong the covered-share estimate, each item still arrives once, in order."""
+    fetch, _ = source(total, clamp)
+    answers = itertools.cycle(shares)
+    covered = lambda page: next(answers)  # noqa: E731
+    assert collect(fetch, limit=100, prefetch=prefetch, covered=covered) == list(range(total))
+
+
+def test_density_estimate_stops_fetching_past_the_end() -> None:
+    """Told how much of the range each page covered, paging asks for no page past the end."""
+    total, size = 95, 10
+    fetch, calls = source(total, size)
+    # Items are spread evenly over the range: after n items, n/total of it is covered.
+    covered = lambda page: (page.items[-1]["n"] + 1) / total  # noqa: E731
+    assert collect(fetch, limit=size, prefetch=4, covered=covered) == list(range(total))
+    assert sorted(calls) == list(range(0, 100, 10))  # 10 pages, the last one short
+    blind, blind_calls = source(total, size)
+    assert collect(blind, limit=size, prefetch=4) == list(range(total))
+    assert len(blind_calls) > len(calls)  # without the estimate it fetches ahead past the end
 
 
 def test_clamped_limit_does_not_stop_early() -> None:
@@ -107,3 +140,23 @@ def test_failure_cancels_pages_in_flight() -> None:
     with pytest.raises(RuntimeError):
         collect(fetch, limit=10, prefetch=4)
     assert set(finished) < set(started)
+
+
+def test_covered_share_reads_newest_first_pages_only() -> None:
+    """The share covered is read from the oldest stamp of a newest-first page, else None."""
+    from datetime import UTC, datetime
+
+    from harvester.orchestrator import covered_share
+    from harvester.windows import Window
+
+    span = Window(start=datetime(2024, 1, 1, tzinfo=UTC), end=datetime(2024, 1, 2, tzinfo=UTC))
+
+    def page(*stamps: object) -> Page:
+        return Page(index=0, items_per_page=10, items=[{"timestamp": s} for s in stamps])
+
+    assert covered_share(page("2024-01-01T23:00:00Z", "2024-01-01T18:00:00Z"), span) == 0.25
+    assert covered_share(page("2024-01-01T18:00:00Z", "2024-01-01T23:00:00Z"), span) is None
+    assert covered_share(page("2024-01-01T23:00:00Z", "2023-12-31T23:59:59Z"), span) is None
+    assert covered_share(page("2024-01-01T23:00:00Z", None), span) is None
+    assert covered_share(page("2024-01-01T23:00:00.5Z"), span) is None
+    assert covered_share(Page(index=0, items_per_page=10, items=[]), span) is None
