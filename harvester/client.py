@@ -136,7 +136,10 @@ class ApiClient:
             query["api_key"] = self._key.reveal()
         url = self.url(feed)
         stats = self.stats(feed)
-        async with self.limiter, self._in_flight:
+        # In-flight slot first, then the pace: a request admitted by the limiter is sent
+        # at once, instead of queueing at the semaphore while the rate it was paced at
+        # is already known to be too high.
+        async with self._in_flight, self.limiter:
             stats.requests += 1
             try:
                 async with self._session.get(url, params=query) as response:

@@ -4,10 +4,12 @@ It paces requests one slot at a time (a GCRA-style token bucket of depth one: no
 bursts) at a rate that starts at the configured ceiling. The API's real allowance is
 unknown, so it is learnt from the API itself:
 
-* A 429 means we are above the allowance. The requests that *succeeded* in the last
-  second are the best estimate of it, so the rate drops at once to just under that
-  (or by ``decrease`` when nothing got through); a volley of 429s within ``cooldown``
-  counts once.
+* A 429 means we are above the allowance. The requests that *succeeded* recently are
+  the best estimate of it, so the rate drops at once to just under that (or by
+  ``decrease`` when nothing got through); a volley of 429s within ``cooldown`` counts
+  once. "Recently" is the last second, but never before the previous 429: a server's
+  burst allowance lets more through at the start than it sustains, and counting
+  those would set the rate above the allowance for a whole second more.
   The throttled request itself waits out the server's ``Retry-After`` (the retry
   policy does that); everyone else is held back too only when the server asks for a
   long pause (more than ``hold_after`` seconds). Holding every worker for a routine
@@ -95,17 +97,27 @@ class AdaptiveRateLimiter:
         if self.rate < self.max_rate and now - self._last_throttle > self._cooldown:
             self.rate = min(self.max_rate, self.rate * (1.0 + self._probe * elapsed))
 
-    def _recent_successes(self, now: float) -> int:
+    def _forget_old(self, now: float) -> None:
         while self._successes and self._successes[0] < now - WINDOW:
             self._successes.popleft()
-        return len(self._successes)
+
+    def _estimate(self, now: float) -> float:
+        """Successes per second since the last 429, over at most the last ``WINDOW``."""
+        self._forget_old(now)
+        since = max(now - WINDOW, self._last_throttle)
+        count = 0
+        for stamp in reversed(self._successes):
+            if stamp <= since:
+                break
+            count += 1
+        return count / (now - since)
 
     def on_throttled(self, retry_after: float | None = None) -> None:
         """A 429 arrived: drop below the allowance; on a long ``retry_after``, hold everyone."""
         now = self._clock()
         self.throttles += 1
         if now - self._last_throttle >= self._cooldown:
-            estimate = self._recent_successes(now) / WINDOW * self._margin
+            estimate = self._estimate(now) * self._margin
             # What got through is the allowance; without a measurement, back off blindly.
             lowered = min(self.rate, estimate) if estimate > 0 else self.rate * self._decrease
             self.rate = max(self.min_rate, lowered)
@@ -119,7 +131,7 @@ class AdaptiveRateLimiter:
         """A request went through: it counts towards the estimate of the allowance."""
         now = self._clock()
         self._successes.append(now)
-        self._recent_successes(now)
+        self._forget_old(now)
 
     async def __aenter__(self) -> AdaptiveRateLimiter:
         await self.acquire()
