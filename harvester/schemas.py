@@ -12,8 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache, cached_property
-from itertools import compress, repeat
-from operator import not_
+from itertools import repeat
 from typing import Any, cast
 
 import orjson
@@ -144,47 +143,57 @@ def _typical_table(feed: Feed, items: Sequence[Mapping[str, Any]]) -> pa.Table |
     if not count or set(map(type, items)) != {dict}:
         return None
     dicts = cast(Sequence[dict[str, Any]], items)
-    texts, numbers = _split_fields(feed)
-    columns: dict[str, pa.Array] = {}
+    layout, integers = _typical_layout(feed)
     try:
-        # Text converts strictly (a number or a bool is refused), in one pass over the
-        # items; unknown keys are ignored here and picked up for `extra` below.
-        struct = pa.array(items, type=texts)
-        for index, field in enumerate(texts):
-            columns[field.name] = struct.field(index)
-        # Integers are inferred, not converted: conversion would turn 95.0 (or 95.5)
-        # into 95, while inference shows any float, bool or text as another type.
-        for name, kind in numbers:
-            array = pa.array(list(map(dict.get, dicts, repeat(name))))
-            if array.type == pa.null():
-                array = pa.nulls(count, type=kind)
-            elif array.type != pa.int64():
-                return None
-            columns[name] = array.cast(kind)  # refuses values out of the column's range
-        stamps = columns["timestamp"]
-        if stamps.null_count or not pc.all(pc.equal(pc.utf8_length(stamps), 20)).as_py():
-            return None
-        columns["timestamp"] = pc.strptime(stamps, format=API_FORMAT, unit="s").cast(TIMESTAMP)
+        # One strict pass over the items for every typed field: text refuses a number or
+        # a bool, an integer refuses text, a bool and anything outside its column's range.
+        # Unknown keys are ignored here and picked up for `extra` below.
+        struct = pa.array(dicts, type=layout)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
         return None
-    columns["extra"] = _extras(feed, items)
-    return pa.Table.from_arrays([columns[name] for name in feed.schema.names], schema=feed.schema)
+    # ... but integer conversion truncates a float (95.5 becomes 95): refuse any float.
+    for name in integers:
+        if float in set(map(type, map(dict.get, dicts, repeat(name)))):
+            return None
+    columns = struct.flatten()
+    stamps = columns[0]
+    lengths = pc.min_max(pc.binary_length(stamps)).as_py()
+    if stamps.null_count or lengths["min"] != 20 or lengths["max"] != 20:
+        return None
+    try:
+        columns[0] = pc.strptime(stamps, format=API_FORMAT, unit="s").cast(TIMESTAMP)
+    except pa.ArrowInvalid:
+        return None
+    columns.append(_extras(feed, dicts, columns))
+    return pa.Table.from_arrays(columns, schema=feed.schema)
 
 
 @cache
-def _split_fields(feed: Feed) -> tuple[pa.StructType, list[tuple[str, pa.DataType]]]:
-    """The feed's text fields (timestamps as text) as a struct, and its integer fields."""
-    texts = [(n, STR) for n, kind in feed.fields if kind in (STR, TIMESTAMP)]
-    numbers = [(n, kind) for n, kind in feed.fields if kind not in (STR, TIMESTAMP)]
-    return pa.struct(texts), numbers
+def _typical_layout(feed: Feed) -> tuple[pa.StructType, tuple[str, ...]]:
+    """The feed's typed fields as one struct (timestamps as text), and its integer fields."""
+    assert feed.fields[0][0] == "timestamp"
+    layout = pa.struct([(n, STR if kind == TIMESTAMP else kind) for n, kind in feed.fields])
+    return layout, tuple(n for n, kind in feed.fields if kind in _INT_RANGE)
 
 
-def _extras(feed: Feed, items: Sequence[Mapping[str, Any]]) -> pa.Array:
-    """The ``extra`` column of items whose typed values all fit: their unknown keys."""
+def _extras(feed: Feed, items: Sequence[dict[str, Any]], columns: Sequence[pa.Array]) -> pa.Array:
+    """The ``extra`` column of items whose typed values all fit: their unknown keys.
+
+    Every non-null typed value is a known key the item has, so an item with no more
+    keys than that has no unknown one. Only the other rows -- a few per page -- are
+    looked at one by one.
+    """
     names = feed.names
+    sizes = pa.array(list(map(len, items)), type=pa.int32())
+    for column in columns:
+        if column.null_count:
+            sizes = pc.add(sizes, column.is_null().cast(pa.int32()))
+    rows = pc.indices_nonzero(pc.not_equal(sizes, len(names))).to_pylist()
     extras: list[str | None] = [None] * len(items)
-    for row in compress(range(len(items)), map(not_, map(names.issuperset, items))):
-        extras[row] = _to_json({k: v for k, v in items[row].items() if k not in names})
+    for row in rows:
+        item = items[row]
+        if not names.issuperset(item):
+            extras[row] = _to_json({k: v for k, v in item.items() if k not in names})
     return pa.array(extras, type=STR)
 
 
