@@ -45,7 +45,7 @@ from harvester.retry import RetryPolicy, Sleep
 from harvester.schemas import FEEDS, items_to_table
 from harvester.secret import Secret, redact
 from harvester.storage import Store
-from harvester.windows import API_FORMAT, Window, format_api, plan_windows, query_bounds
+from harvester.windows import Window, format_api, plan_windows, query_bounds
 
 log = structlog.get_logger("harvester")
 
@@ -187,15 +187,10 @@ class Harvest:
             sleep=self._sleep,
         )
 
-    def _params(self, span: Window, offset: int, limit: int) -> dict[str, str]:
+    def _params(self, span: Window) -> dict[str, str]:
+        """The query string of every page of ``span``, less ``limit`` and ``offset``."""
         after, before = query_bounds(span)
-        return {
-            **self.config.query.params(),
-            "after": after,
-            "before": before,
-            "limit": str(limit),
-            "offset": str(offset),
-        }
+        return {**self.config.query.params(), "after": after, "before": before}
 
     async def run(self, the_plan: Plan) -> RunResult:
         """Harvest every unit the plan has left to do."""
@@ -253,7 +248,8 @@ class Harvest:
         """One small request first: a dead URL or a refused key fails fast and clearly."""
         quick = RetryPolicy(attempts=3, timeout=30.0, initial=0.2, maximum=2.0)
         try:
-            await client.fetch_page(unit.feed, self._params(unit.window, 0, 1), policy=quick)
+            params = {**self._params(unit.window), "limit": "1", "offset": "0"}
+            await client.fetch_page(unit.feed, params, policy=quick)
         except ConnectionFailed as exc:
             raise ApiUnreachable(
                 f"cannot reach the API at {self.config.base_url} ({exc}); check --base-url "
@@ -317,8 +313,11 @@ class Harvest:
         feed = FEEDS[batch.feed]
         span = batch.span
 
+        query = self._params(span)
+
         async def fetch(offset: int, limit: int) -> Page:
-            return await client.fetch_page(batch.feed, self._params(span, offset, limit))
+            params = {**query, "limit": str(limit), "offset": str(offset)}
+            return await client.fetch_page(batch.feed, params)
 
         async with contextlib.AsyncExitStack() as stack:
             writers = [
@@ -383,14 +382,25 @@ def covered_share(page: Page, span: Window) -> float | None:
     ahead as deep as it may).
     """
     try:
-        newest = datetime.strptime(page.items[0]["timestamp"], API_FORMAT)
-        oldest = datetime.strptime(page.items[-1]["timestamp"], API_FORMAT)
+        newest = _stamp(page.items[0]["timestamp"])
+        oldest = _stamp(page.items[-1]["timestamp"])
     except (IndexError, KeyError, TypeError, ValueError):
         return None
     start, end = span.start.replace(tzinfo=None), span.end.replace(tzinfo=None)
     if not start <= oldest <= newest < end:
         return None
     return max((end - oldest) / (end - start), 1e-9)
+
+
+def _stamp(text: str) -> datetime:
+    """A ``YYYY-MM-DDTHH:MM:SSZ`` stamp as a naive UTC datetime; ValueError if not that form.
+
+    ``fromisoformat`` is C and an order of magnitude quicker than ``strptime``, which
+    matters once a page.
+    """
+    if len(text) != 20 or text[10] != "T" or text[19] != "Z":
+        raise ValueError(text)
+    return datetime.fromisoformat(text[:19])
 
 
 class _RareCollections:
