@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -37,16 +37,28 @@ def data_key(feed: str, day: date, window: Window) -> str:
     return f"{feed}/dt={day.isoformat()}/part-{window.key}.parquet"
 
 
-def owned_rows(table: pa.Table, window: Window) -> pa.Table:
-    """The rows of ``table`` whose timestamp lies in ``[start, end)``."""
-    stamps = table.column("timestamp")
-    bounds = pc.min_max(stamps).as_py()
-    if bounds["min"] is None:
+def stamp_bounds(table: pa.Table) -> tuple[datetime, datetime] | None:
+    """The oldest and newest timestamp of ``table``, or None when it has no rows."""
+    bounds = pc.min_max(table.column("timestamp")).as_py()
+    return None if bounds["min"] is None else (bounds["min"], bounds["max"])
+
+
+def owned_rows(
+    table: pa.Table, window: Window, bounds: tuple[datetime, datetime] | None = None
+) -> pa.Table:
+    """The rows of ``table`` whose timestamp lies in ``[start, end)``.
+
+    ``bounds``, if given, is :func:`stamp_bounds` of ``table``, already known.
+    """
+    bounds = bounds or stamp_bounds(table)
+    if bounds is None:
         return table
-    if window.start <= bounds["min"] and bounds["max"] < window.end:
+    low, high = bounds
+    if window.start <= low and high < window.end:
         return table  # the usual page: wholly inside, no need to copy it
-    if bounds["max"] < window.start or bounds["min"] >= window.end:
+    if high < window.start or low >= window.end:
         return table.slice(0, 0)
+    stamps = table.column("timestamp")
     start = pa.scalar(window.start, type=stamps.type)
     end = pa.scalar(window.end, type=stamps.type)
     mask = pc.and_(pc.greater_equal(stamps, start), pc.less(stamps, end))
@@ -76,6 +88,7 @@ class _DayFile:
     pending: list[pa.Table] = field(default_factory=list)
     pending_rows: int = 0
     rows: int = 0
+    closed: bool = False
 
 
 class WindowWriter:
@@ -103,9 +116,9 @@ class WindowWriter:
     async def __aexit__(self, *exc_info: object) -> None:
         await self._close_all()
 
-    async def add(self, table: pa.Table) -> None:
-        """Append the rows of ``table`` that this window owns."""
-        owned = owned_rows(table, self.window)
+    async def add(self, table: pa.Table, bounds: tuple[datetime, datetime] | None = None) -> None:
+        """Append the rows of ``table`` this window owns; ``bounds`` as :func:`owned_rows`."""
+        owned = owned_rows(table, self.window, bounds)
         for day, part in split_by_day(owned, self.window).items():
             handle = self._days.get(day) or await self._open(day)
             handle.pending.append(part)
@@ -138,8 +151,9 @@ class WindowWriter:
         """Close and commit every day file; delete files a day no longer has."""
         stored = []
         for day, handle in sorted(self._days.items()):
-            await self._flush(handle)
-            await asyncio.to_thread(handle.writer.close)
+            rest, handle.pending = handle.pending, []
+            await asyncio.to_thread(_write_and_close, handle.writer, rest, self.row_group_rows)
+            handle.closed = True
             key = data_key(self.feed.name, day, self.window)
             stored.append(await self.store.commit(handle.staged, key))
         written = {s.key for s in stored}
@@ -154,6 +168,14 @@ class WindowWriter:
     async def _close_all(self) -> None:
         handles, self._days = list(self._days.values()), {}
         for handle in handles:
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(handle.writer.close)
+            if not handle.closed:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(handle.writer.close)
             await handle.stack.aclose()
+
+
+def _write_and_close(writer: pq.ParquetWriter, tables: list[pa.Table], row_group_rows: int) -> None:
+    """The last rows of a day file and its footer, in one trip to a worker thread."""
+    if tables:
+        writer.write_table(pa.concat_tables(tables), row_group_rows)
+    writer.close()

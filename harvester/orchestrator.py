@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import pyarrow.compute as pc
 import structlog
 
 from harvester import manifest, report
@@ -37,7 +36,7 @@ from harvester.errors import (
     StorageAccessError,
     TransientError,
 )
-from harvester.lake import WindowWriter
+from harvester.lake import WindowWriter, stamp_bounds
 from harvester.paging import page_through
 from harvester.planner import Batch, Plan, Unit, assign_shard, group_units, resume_point
 from harvester.ratelimit import AdaptiveRateLimiter
@@ -329,15 +328,15 @@ class Harvest:
                 # Inline, not in a thread: the conversion holds the GIL throughout, so a
                 # thread would only add switches (measured: slower on scenario a).
                 table = items_to_table(feed, page.items)
-                if not table.num_rows:
-                    return
                 # Newest first or not, one page spans a few windows of the batch at most:
                 # hand it only to those, not to every writer of a day of quarter hours.
-                bounds = pc.min_max(table.column("timestamp")).as_py()
-                low, high = bounds["min"], bounds["max"]
+                bounds = stamp_bounds(table)
+                if bounds is None:
+                    return
+                low, high = bounds
                 for writer in writers:
                     if writer.window.start <= high and low < writer.window.end:
-                        await writer.add(table)
+                        await writer.add(table, bounds)
 
             paged = await page_through(
                 fetch,

@@ -127,10 +127,21 @@ class LocalStore(Store):
             raise _local_error(exc, target) from exc
 
     async def put_bytes(self, key: str, data: bytes) -> StoredFile:
-        """Write through a dot-file and rename."""
-        async with self.staging(key) as staged:
-            await asyncio.to_thread(_write, staged, data)
-            return await self.commit(staged, key)
+        """Write through a dot-file and rename, in one trip to a worker thread."""
+        return await asyncio.to_thread(self._put_bytes, key, data)
+
+    def _put_bytes(self, key: str, data: bytes) -> StoredFile:
+        target = self._path(key)
+        staged = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            _mkdir(target.parent)
+            _write(staged, data)
+            return self._commit(staged, key)
+        except OSError as exc:
+            raise _local_error(exc, target) from exc
+        finally:
+            with contextlib.suppress(OSError):
+                staged.unlink(missing_ok=True)
 
     async def get_bytes(self, key: str) -> bytes | None:
         """Read a file, or ``None`` if missing."""
