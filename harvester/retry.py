@@ -10,6 +10,7 @@ first. The sleep is injected, so tests need not really wait.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -72,6 +73,20 @@ async def call_with_retry(
     The last error is re-raised as it was; ``on_retry(error, attempt, delay)`` is
     called before each wait (for counting and logging).
     """
+    started = time.monotonic()
+    try:
+        # Nearly every call succeeds at once; it should not pay for building the retry
+        # machinery, once a page.
+        return await operation()
+    except policy.on as error:
+        first: list[BaseException] = [error]
+
+    async def replaying() -> T:
+        # tenacity's first attempt replays the failure already seen, so attempts,
+        # waits and the on_retry count are exactly as if tenacity had made it.
+        if first:
+            raise first.pop()
+        return await operation()
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
         if on_retry and state.outcome is not None and state.next_action is not None:
@@ -79,10 +94,10 @@ async def call_with_retry(
             if error is not None:
                 on_retry(error, state.attempt_number, state.next_action.sleep)
 
+    left = max(0.0, policy.timeout - (time.monotonic() - started))
     retrying = tenacity.AsyncRetrying(
         sleep=sleep,
-        stop=tenacity.stop_after_attempt(policy.attempts)
-        | tenacity.stop_after_delay(policy.timeout),
+        stop=tenacity.stop_after_attempt(policy.attempts) | tenacity.stop_after_delay(left),
         wait=_Wait(policy),
         retry=tenacity.retry_if_exception_type(policy.on),
         before_sleep=before_sleep,
@@ -90,5 +105,5 @@ async def call_with_retry(
     )
     async for attempt in retrying:
         with attempt:
-            return await operation()
+            return await replaying()
     raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
