@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 
 import pyarrow as pa
@@ -37,15 +37,17 @@ def data_key(feed: str, day: date, window: Window) -> str:
     return f"{feed}/dt={day.isoformat()}/part-{window.key}.parquet"
 
 
-def stamp_bounds(table: pa.Table) -> tuple[datetime, datetime] | None:
-    """The oldest and newest timestamp of ``table``, or None when it has no rows."""
-    bounds = pc.min_max(table.column("timestamp")).as_py()
-    return None if bounds["min"] is None else (bounds["min"], bounds["max"])
+Bounds = tuple[int, int]
 
 
-def owned_rows(
-    table: pa.Table, window: Window, bounds: tuple[datetime, datetime] | None = None
-) -> pa.Table:
+def stamp_bounds(table: pa.Table) -> Bounds | None:
+    """The oldest and newest timestamp of ``table`` in epoch seconds; None if it has no rows."""
+    bounds = pc.min_max(table.column("timestamp"))
+    low, high = bounds["min"], bounds["max"]
+    return (low.value, high.value) if low.is_valid else None
+
+
+def owned_rows(table: pa.Table, window: Window, bounds: Bounds | None = None) -> pa.Table:
     """The rows of ``table`` whose timestamp lies in ``[start, end)``.
 
     ``bounds``, if given, is :func:`stamp_bounds` of ``table``, already known.
@@ -54,9 +56,10 @@ def owned_rows(
     if bounds is None:
         return table
     low, high = bounds
-    if window.start <= low and high < window.end:
+    start, end = window.seconds
+    if start <= low and high < end:
         return table  # the usual page: wholly inside, no need to copy it
-    if high < window.start or low >= window.end:
+    if high < start or low >= end:
         return table.slice(0, 0)
     stamps = table.column("timestamp")
     start = pa.scalar(window.start, type=stamps.type)
@@ -116,7 +119,7 @@ class WindowWriter:
     async def __aexit__(self, *exc_info: object) -> None:
         await self._close_all()
 
-    async def add(self, table: pa.Table, bounds: tuple[datetime, datetime] | None = None) -> None:
+    async def add(self, table: pa.Table, bounds: Bounds | None = None) -> None:
         """Append the rows of ``table`` this window owns; ``bounds`` as :func:`owned_rows`."""
         owned = owned_rows(table, self.window, bounds)
         for day, part in split_by_day(owned, self.window).items():

@@ -335,7 +335,8 @@ class Harvest:
                     return
                 low, high = bounds
                 for writer in writers:
-                    if writer.window.start <= high and low < writer.window.end:
+                    start, end = writer.window.seconds
+                    if start <= high and low < end:
                         await writer.add(table, bounds)
 
             paged = await page_through(

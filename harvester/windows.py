@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 from harvester.errors import ConfigError
 
@@ -100,6 +100,11 @@ class Window:
             raise ValueError("window bounds must be timezone-aware")
         if not self.start < self.end:
             raise ValueError(f"empty window {self.start} .. {self.end}")
+
+    @cached_property
+    def seconds(self) -> tuple[int, int]:
+        """``start`` and ``end`` in seconds since the Unix epoch."""
+        return int(self.start.timestamp()), int(self.end.timestamp())
 
     @property
     def key(self) -> str:
