@@ -179,3 +179,38 @@ def test_json_orjson_refuses_is_still_read() -> None:
     body = b'{"data": {"index": 0, "items_per_page": 5, "items": [{"score": NaN}]}}'
     page = _parse_page("u", body, "application/json")
     assert page.items[0]["score"] != page.items[0]["score"]  # NaN
+
+
+def _typed_value(kind: pa.DataType) -> st.SearchStrategy[object]:
+    if kind == pa.int32():
+        return st.integers(-(2**31), 2**31 - 1)
+    if kind == pa.int64():
+        return st.integers(-(2**63), 2**63 - 1)
+    return st.text(max_size=6)
+
+
+@st.composite
+def _well_typed_page(draw: st.DrawFn, feed: str) -> list[dict[str, object]]:
+    """Items whose typed values all fit, with fields absent, null, or joined by unknown keys."""
+    fields = [(n, k) for n, k in FEEDS[feed].fields if n != "timestamp"]
+    rows = []
+    for _ in range(draw(st.integers(1, 8))):
+        row: dict[str, object] = {"timestamp": draw(STAMPS.filter(lambda s: s.endswith("Z")))}
+        for name, kind in fields:
+            choice = draw(st.sampled_from(["value", "value", "null", "absent"]))
+            if choice != "absent":
+                row[name] = None if choice == "null" else draw(_typed_value(kind))
+        for key in draw(st.lists(st.sampled_from(["tag", "family", "n"]), max_size=2)):
+            row[key] = draw(st.one_of(st.none(), st.integers(), st.text(max_size=3)))
+        rows.append(row)
+    return rows
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(FEEDS)).flatmap(lambda f: st.tuples(st.just(f), _well_typed_page(f))))
+def test_typical_path_finds_every_unknown_key(case: tuple[str, list[dict[str, object]]]) -> None:
+    """Well-typed pages take the typical path, and its extra column is the careful one's."""
+    feed, items = case
+    typical = _typical_table(FEEDS[feed], items)
+    assert typical is not None
+    assert typical.equals(_careful_table(FEEDS[feed], items))
