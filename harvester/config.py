@@ -15,6 +15,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -124,7 +125,7 @@ class Query:
         """A JSON-able description for the manifest and run report (no secret)."""
         return {"source": self.source, "params": self.params()}
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         """A short stable hash of :meth:`describe`."""
         blob = orjson.dumps(self.describe(), option=orjson.OPT_SORT_KEYS)

@@ -85,13 +85,29 @@ def split_by_day(table: pa.Table, window: Window) -> dict[date, pa.Table]:
 
 @dataclass(kw_only=True)
 class _DayFile:
+    """One day's file of a window: staged, then written in row groups from a thread."""
+
     staged: Path
     stack: contextlib.AsyncExitStack
-    writer: pq.ParquetWriter
+    schema: pa.Schema
+    writer: pq.ParquetWriter | None = None  # opened with the first row group, in a thread
     pending: list[pa.Table] = field(default_factory=list)
     pending_rows: int = 0
     rows: int = 0
     closed: bool = False
+
+    def write(self, tables: list[pa.Table], row_group_rows: int, *, close: bool) -> None:
+        """Open (the first time), append ``tables`` and, if ``close``, write the footer.
+
+        Blocking: call it in a worker thread, one trip for all three.
+        """
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.staged, self.schema, compression=COMPRESSION)
+        if tables:
+            self.writer.write_table(pa.concat_tables(tables), row_group_rows)
+        if close:
+            self.writer.close()
+            self.closed = True
 
 
 class WindowWriter:
@@ -136,27 +152,22 @@ class WindowWriter:
         staged = await stack.enter_async_context(
             self.store.staging(data_key(self.feed.name, day, self.window))
         )
-        writer = await asyncio.to_thread(
-            pq.ParquetWriter, staged, self.feed.schema, compression=COMPRESSION
-        )
-        handle = _DayFile(staged=staged, stack=stack, writer=writer)
+        handle = _DayFile(staged=staged, stack=stack, schema=self.feed.schema)
         self._days[day] = handle
         return handle
 
     async def _flush(self, handle: _DayFile) -> None:
         if not handle.pending:
             return
-        batch = pa.concat_tables(handle.pending)
-        handle.pending, handle.pending_rows = [], 0
-        await asyncio.to_thread(handle.writer.write_table, batch, self.row_group_rows)
+        tables, handle.pending, handle.pending_rows = handle.pending, [], 0
+        await asyncio.to_thread(handle.write, tables, self.row_group_rows, close=False)
 
     async def finish(self) -> list[StoredFile]:
         """Close and commit every day file; delete files a day no longer has."""
         stored = []
         for day, handle in sorted(self._days.items()):
             rest, handle.pending = handle.pending, []
-            await asyncio.to_thread(_write_and_close, handle.writer, rest, self.row_group_rows)
-            handle.closed = True
+            await asyncio.to_thread(handle.write, rest, self.row_group_rows, close=True)
             key = data_key(self.feed.name, day, self.window)
             stored.append(await self.store.commit(handle.staged, key))
         written = {s.key for s in stored}
@@ -171,14 +182,7 @@ class WindowWriter:
     async def _close_all(self) -> None:
         handles, self._days = list(self._days.values()), {}
         for handle in handles:
-            if not handle.closed:
+            if handle.writer is not None and not handle.closed:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(handle.writer.close)
             await handle.stack.aclose()
-
-
-def _write_and_close(writer: pq.ParquetWriter, tables: list[pa.Table], row_group_rows: int) -> None:
-    """The last rows of a day file and its footer, in one trip to a worker thread."""
-    if tables:
-        writer.write_table(pa.concat_tables(tables), row_group_rows)
-    writer.close()

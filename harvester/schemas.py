@@ -186,7 +186,7 @@ def _canonical_stamps(text: pa.Array) -> pa.Array | None:
         return None
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=1024)
 def _twenty_byte_offsets(count: int) -> pa.Buffer:
     """The offsets buffer of ``count`` strings of 20 bytes each."""
     return pa.py_buffer(array("i", range(0, 20 * count + 1, 20)))

@@ -106,7 +106,7 @@ class Window:
         """``start`` and ``end`` in seconds since the Unix epoch."""
         return int(self.start.timestamp()), int(self.end.timestamp())
 
-    @property
+    @cached_property
     def key(self) -> str:
         """A stable name for the window, safe in object names: ``START_END``."""
         return f"{format_compact(self.start)}_{format_compact(self.end)}"
@@ -125,8 +125,13 @@ class Window:
         """The UTC dates whose partitions this window can write to."""
         return list(_days(self.start, self.end))
 
-    def __str__(self) -> str:
+    @cached_property
+    def label(self) -> str:
+        """The window as logs and reports show it: ``[START, END)`` in API form."""
         return f"[{format_api(self.start)}, {format_api(self.end)})"
+
+    def __str__(self) -> str:
+        return self.label
 
 
 def floor_to(instant: datetime, step: timedelta) -> datetime:
