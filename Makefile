@@ -30,7 +30,7 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
-	$(BIN)/python -m benchmarks.run --out benchmarks/RESULTS.md
+	$(BIN)/python -m benchmarks.run --out benchmarks/RESULTS.md --set repeat=3
 
 clean:
 	rm -rf $(VENV) demo-lake .pytest_cache .mypy_cache .ruff_cache
