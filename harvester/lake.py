@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -85,7 +86,11 @@ def split_by_day(table: pa.Table, window: Window) -> dict[date, pa.Table]:
 
 @dataclass(kw_only=True)
 class _DayFile:
-    """One day's file of a window: staged, then written in row groups from a thread."""
+    """One day's file of a window: staged, then written in row groups from a thread.
+
+    Writing and abandoning hold one lock: a cancelled window's write may still be
+    running in its thread, and closing the writer under it would crash the process.
+    """
 
     staged: Path
     stack: contextlib.AsyncExitStack
@@ -95,18 +100,31 @@ class _DayFile:
     pending_rows: int = 0
     rows: int = 0
     closed: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def write(self, tables: list[pa.Table], row_group_rows: int, *, close: bool) -> None:
         """Open (the first time), append ``tables`` and, if ``close``, write the footer.
 
-        Blocking: call it in a worker thread, one trip for all three.
+        Blocking: call it in a worker thread, one trip for all three. Does nothing once
+        the file is closed or abandoned.
         """
-        if self.writer is None:
-            self.writer = pq.ParquetWriter(self.staged, self.schema, compression=COMPRESSION)
-        if tables:
-            self.writer.write_table(pa.concat_tables(tables), row_group_rows)
-        if close:
-            self.writer.close()
+        with self.lock:
+            if self.closed:
+                return
+            if self.writer is None:
+                self.writer = pq.ParquetWriter(self.staged, self.schema, compression=COMPRESSION)
+            if tables:
+                self.writer.write_table(pa.concat_tables(tables), row_group_rows)
+            if close:
+                self.writer.close()
+                self.closed = True
+
+    def abandon(self) -> None:
+        """Stop the file for good, after any write in flight (blocking: call in a thread)."""
+        with self.lock:
+            if self.writer is not None and not self.closed:
+                with contextlib.suppress(Exception):
+                    self.writer.close()
             self.closed = True
 
 
@@ -182,7 +200,6 @@ class WindowWriter:
     async def _close_all(self) -> None:
         handles, self._days = list(self._days.values()), {}
         for handle in handles:
-            if handle.writer is not None and not handle.closed:
-                with contextlib.suppress(Exception):
-                    await asyncio.to_thread(handle.writer.close)
+            if not handle.closed:
+                await asyncio.to_thread(handle.abandon)
             await handle.stack.aclose()

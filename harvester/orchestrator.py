@@ -400,7 +400,10 @@ def _stamp(text: str) -> datetime:
     """
     if len(text) != 20 or text[10] != "T" or text[19] != "Z":
         raise ValueError(text)
-    return datetime.fromisoformat(text[:19])
+    moment = datetime.fromisoformat(text[:19])
+    if moment.tzinfo is not None:  # "2024-01-01T00:00+01Z" has the shape but an offset
+        raise ValueError(text)
+    return moment
 
 
 class _RareCollections:

@@ -159,4 +159,5 @@ def test_covered_share_reads_newest_first_pages_only() -> None:
     assert covered_share(page("2024-01-01T23:00:00Z", "2023-12-31T23:59:59Z"), span) is None
     assert covered_share(page("2024-01-01T23:00:00Z", None), span) is None
     assert covered_share(page("2024-01-01T23:00:00.5Z"), span) is None
+    assert covered_share(page("2024-01-01T00:00+01Z"), span) is None  # the shape, an offset
     assert covered_share(Page(index=0, items_per_page=10, items=[]), span) is None
