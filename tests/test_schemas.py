@@ -98,11 +98,23 @@ VALUES = st.one_of(
     st.text(max_size=8),
     st.lists(st.integers(), max_size=2),
 )
+# Stamps a lenient strptime reads but that are not the documented form: each must keep its
+# original text in `extra`, whichever path converts the page.
+LOOSE_STAMPS = [
+    "2024-1-01T 00:00:00Z",
+    " 2024-01-01T00:00:0Z",
+    "2024-02-30T00:00:00Z",
+    "2023-02-29T00:00:00Z",
+    "2024-01-01T23:59:60Z",
+    "2024-01-01 00:00:00Z",
+]
+CANONICAL_STAMPS = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2030, 1, 1)).map(
+    lambda d: d.strftime("%Y-%m-%dT%H:%M:%SZ")
+)
 STAMPS = st.one_of(
-    st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2030, 1, 1)).map(
-        lambda d: d.strftime("%Y-%m-%dT%H:%M:%SZ")
-    ),
+    CANONICAL_STAMPS,
     st.just("2024-01-01T01:00:00+01:00"),
+    st.sampled_from(LOOSE_STAMPS),
 )
 
 
@@ -158,6 +170,7 @@ def test_typical_path_takes_the_usual_page_and_refuses_any_odd_value() -> None:
         {"sample_id": ["a"]},
         {"timestamp": "2024-01-01T00:00:00.5Z"},
         {"timestamp": None},
+        *({"timestamp": loose} for loose in LOOSE_STAMPS),
     ):
         late = [*page, item(**odd)]  # last, so a sampling type check would miss it
         assert _typical_table(FEEDS["domains"], late) is None, odd
@@ -195,7 +208,7 @@ def _well_typed_page(draw: st.DrawFn, feed: str) -> list[dict[str, object]]:
     fields = [(n, k) for n, k in FEEDS[feed].fields if n != "timestamp"]
     rows = []
     for _ in range(draw(st.integers(1, 8))):
-        row: dict[str, object] = {"timestamp": draw(STAMPS.filter(lambda s: s.endswith("Z")))}
+        row: dict[str, object] = {"timestamp": draw(CANONICAL_STAMPS)}
         for name, kind in fields:
             choice = draw(st.sampled_from(["value", "value", "null", "absent"]))
             if choice != "absent":
@@ -214,3 +227,12 @@ def test_typical_path_finds_every_unknown_key(case: tuple[str, list[dict[str, ob
     typical = _typical_table(FEEDS[feed], items)
     assert typical is not None
     assert typical.equals(_careful_table(FEEDS[feed], items))
+
+
+@pytest.mark.parametrize("stamp", LOOSE_STAMPS)
+def test_a_loosely_written_stamp_keeps_its_text(stamp: str) -> None:
+    """A stamp strptime would read leniently is placed, and its original text kept in extra."""
+    page = [item(ioc=str(i)) for i in range(50)] + [item(timestamp=stamp)]
+    for table in (items_to_table(FEEDS["domains"], page), _careful_table(FEEDS["domains"], page)):
+        extras = [orjson.loads(e) for e in table.column("extra").to_pylist() if e]
+        assert extras == [{"timestamp": stamp}]
