@@ -191,7 +191,7 @@ def _canonical_stamps(text: pa.Array) -> pa.Array | None:
         return None
 
 
-@lru_cache(maxsize=1024)
+@lru_cache(maxsize=16)  # full pages share one size; 16 bounds the memory at big limits
 def _twenty_byte_offsets(count: int) -> pa.Buffer:
     """The offsets buffer of ``count`` strings of 20 bytes each."""
     return pa.py_buffer(array("i", range(0, 20 * count + 1, 20)))
