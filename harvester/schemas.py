@@ -8,7 +8,6 @@ and any value whose type does not fit its column. Nothing the API sends is dropp
 from __future__ import annotations
 
 import json
-import re
 from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from harvester.errors import DataError
-from harvester.windows import API_FORMAT
+from harvester.windows import API_FORMAT, parse_api
 
 TIMESTAMP = pa.timestamp("s", tz="UTC")
 INT = pa.int32()
@@ -308,15 +307,10 @@ def _to_json(value: dict[str, Any]) -> str:
         return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
-_CANONICAL_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
-
-
 def _canonical_time(value: str) -> bool:
-    """Exactly ``YYYY-MM-DDTHH:MM:SSZ``, naming a second that exists."""
-    if not _CANONICAL_TIME.fullmatch(value):
-        return False
+    """Exactly the documented form, naming a second that exists."""
     try:
-        datetime.fromisoformat(value[:19])
+        parse_api(value)
     except ValueError:
         return False
     return True

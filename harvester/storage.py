@@ -98,7 +98,7 @@ class LocalStore(Store):
     async def staging(self, key: str) -> AsyncIterator[Path]:
         """A dot-file beside the target: readers' globs skip it, rename is atomic."""
         target = self._path(key)
-        staged = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+        staged = _staged_beside(target)
         await asyncio.to_thread(_mkdir, target.parent)
         try:
             yield staged
@@ -132,7 +132,7 @@ class LocalStore(Store):
 
     def _put_bytes(self, key: str, data: bytes) -> StoredFile:
         target = self._path(key)
-        staged = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+        staged = _staged_beside(target)
         try:
             _mkdir(target.parent)
             _write(staged, data)
@@ -197,6 +197,11 @@ class LocalStore(Store):
             for folder in created:
                 with contextlib.suppress(OSError):
                     folder.rmdir()
+
+
+def _staged_beside(target: Path) -> Path:
+    """A fresh dot-file name beside ``target``: globs skip it, a rename makes it ``target``."""
+    return target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
 
 
 def _mkdir(path: Path) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from functools import cached_property, lru_cache
+from functools import cached_property
 
 from harvester.errors import ConfigError
 
@@ -21,6 +21,7 @@ SECOND = timedelta(seconds=1)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 API_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
+_API_STAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 _DURATION = re.compile(r"^(?P<n>[1-9][0-9]*)(?P<unit>[dhm])$")
 _UNITS = {"d": timedelta(days=1), "h": timedelta(hours=1), "m": timedelta(minutes=1)}
 
@@ -54,6 +55,20 @@ def parse_instant(text: str, *, name: str = "time") -> datetime:
 def format_api(instant: datetime) -> str:
     """Format an instant exactly as the API wants it: ``YYYY-MM-DDTHH:MM:SSZ``."""
     return instant.astimezone(UTC).strftime(API_FORMAT)
+
+
+def parse_api(text: str) -> datetime:
+    """Inverse of :func:`format_api`: exactly ``YYYY-MM-DDTHH:MM:SSZ``, as an aware UTC time.
+
+    Anything else -- another layout, a lone digit, an offset, a second that does not
+    exist (Feb 30, 23:59:60) -- raises ValueError.
+    """
+    try:
+        if _API_STAMP.fullmatch(text):
+            return datetime.fromisoformat(text[:19]).replace(tzinfo=UTC)
+    except ValueError:
+        pass
+    raise ValueError(f"{text!r} is not YYYY-MM-DDTHH:MM:SSZ naming a real second")
 
 
 def format_compact(instant: datetime) -> str:
@@ -123,7 +138,14 @@ class Window:
 
     def days(self) -> list[date]:
         """The UTC dates whose partitions this window can write to."""
-        return list(_days(self.start, self.end))
+        return list(self._days)
+
+    @cached_property
+    def _days(self) -> tuple[date, ...]:
+        # Asked once a page by the lake writer: worth remembering.
+        first = self.start.date()
+        last = (self.end - SECOND).date()
+        return tuple(first + timedelta(days=i) for i in range((last - first).days + 1))
 
     @cached_property
     def label(self) -> str:
@@ -163,14 +185,6 @@ def plan_windows(after: datetime, before: datetime, step: timedelta) -> list[Win
             )
     count = (before - after) // step
     return [Window(start=after + i * step, end=after + (i + 1) * step) for i in range(count)]
-
-
-@lru_cache(maxsize=1024)
-def _days(start: datetime, end: datetime) -> tuple[date, ...]:
-    # Asked once a page by the lake writer: worth remembering.
-    first = start.date()
-    last = (end - SECOND).date()
-    return tuple(first + timedelta(days=i) for i in range((last - first).days + 1))
 
 
 def query_bounds(window: Window) -> tuple[str, str]:

@@ -13,6 +13,7 @@ from harvester.windows import (
     Window,
     floor_to,
     format_api,
+    parse_api,
     parse_duration,
     parse_instant,
     plan_windows,
@@ -147,3 +148,29 @@ def test_window_key_round_trips_and_is_path_safe() -> None:
     window = Window(start=parse_instant("2024-01-01"), end=parse_instant("2024-01-01T06:00:00Z"))
     assert ":" not in window.key
     assert Window.from_key(window.key) == window
+
+
+@given(st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2100, 1, 1)))
+def test_parse_api_inverts_format_api(moment: datetime) -> None:
+    """Every instant the API is sent comes back from its own text, to the second."""
+    instant = moment.replace(microsecond=0, tzinfo=UTC)
+    assert parse_api(format_api(instant)) == instant
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2024-1-01T 00:00:00Z",
+        "2024-01-01 00:00:00Z",
+        "2024-01-01T00:00+01Z",
+        "2024-02-30T00:00:00Z",
+        "2024-01-01T23:59:60Z",
+        "2024-01-01T00:00:00.5Z",
+        "2024-01-01T00:00:00",
+        "٢٠٢٤-01-01T00:00:00Z",
+    ],
+)
+def test_parse_api_refuses_anything_but_the_documented_form(text: str) -> None:
+    """Loose layouts, offsets, fractions and seconds that do not exist are refused."""
+    with pytest.raises(ValueError, match="is not YYYY-MM-DDTHH:MM:SSZ"):
+        parse_api(text)
