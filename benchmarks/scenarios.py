@@ -231,41 +231,26 @@ def missing_modules(client: str) -> list[str]:
 
 def run_harvester_job(job: dict[str, Any]) -> dict[str, Any]:
     """Run the real harvester in-process, as ``harvester run`` does, and time it."""
-    from harvester import logs
-    from harvester.config import build_config
-    from harvester.orchestrator import Harvest, RunResult, plan
-    from harvester.secret import Secret
-    from harvester.storage import open_store
+    from harvester import api, logs
 
     with open(job["log"], "w", encoding="utf-8") as stream:
         logs.configure(level="info", stream=stream, json=True)
-        config = build_config(
-            {
-                "after": job["after"],
-                "before": job["before"],
-                "out": job["out"],
-                "base_url": job["url"],
-                "feeds": ",".join(job["feeds"]),
-                "confidence": 0,
-                "severity": 0,
-                "limit": job["limit"],
-                "concurrency": job["concurrency"],
-                "prefetch": job["prefetch"],
-                "rate": job["rate"],
-            },
+        config = api.make_config(
+            after=job["after"],
+            before=job["before"],
+            out=job["out"],
+            base_url=job["url"],
+            feeds=",".join(job["feeds"]),
+            confidence=0,
+            severity=0,
+            limit=job["limit"],
+            concurrency=job["concurrency"],
+            prefetch=job["prefetch"],
+            rate=job["rate"],
             env={},
         )
-        store = open_store(config.out)
-
-        async def go() -> RunResult:
-            try:
-                harvest = Harvest(config, api_key=Secret(job["key"]), store=store)
-                return await harvest.run(await plan(config, store))
-            finally:
-                await store.close()
-
         started = time.perf_counter()
-        result = asyncio.run(go())
+        result = api.harvest(config, api_key=job["key"])
         seconds = time.perf_counter() - started
     feeds = result.feeds.values()
     return {
@@ -273,9 +258,9 @@ def run_harvester_job(job: dict[str, Any]) -> dict[str, Any]:
         "seconds": seconds,
         "ok": result.ok,
         "failures": [f"{f.feed} {f.window}: {f.reason}" for f in result.failures[:5]],
-        "client_requests": sum(s.requests for s in feeds),
-        "client_throttled": sum(s.throttled for s in feeds),
-        "client_retries": sum(s.retries for s in feeds),
+        "client_requests": sum(s.counters.requests for s in feeds),
+        "client_throttled": sum(s.counters.throttled for s in feeds),
+        "client_retries": sum(s.counters.retries for s in feeds),
     }
 
 

@@ -7,16 +7,13 @@ resumes: complete windows are skipped.
 
 from __future__ import annotations
 
-import asyncio
 import os
 
+from harvester import api
 from harvester.cli_support import print_table
-from harvester.config import build_config
-from harvester.orchestrator import Harvest, RunResult, plan
-from harvester.secret import Secret
+from harvester.report import summarise
 from harvester.sim.data import DatasetSpec
 from harvester.sim.server import ServerOptions, SimulatorThread
-from harvester.storage import open_store
 
 DEMO_KEY = "demo-key-not-a-secret"
 AFTER, BEFORE = "2024-01-01", "2024-02-01"
@@ -26,28 +23,18 @@ def run_demo(*, out: str) -> int:
     """Harvest the demo month and print what landed; return the exit code."""
     options = ServerOptions(api_key=DEMO_KEY, dataset=DatasetSpec(seed=7, rows_per_day=400))
     with SimulatorThread(options) as sim:
-        config = build_config(
-            {
-                "after": AFTER,
-                "before": BEFORE,
-                "out": out,
-                "base_url": sim.url,
-                "confidence": 0,
-                "severity": 0,
-                "rate": 200,
-                "concurrency": 16,
-            },
+        config = api.make_config(
+            after=AFTER,
+            before=BEFORE,
+            out=out,
+            base_url=sim.url,
+            confidence=0,
+            severity=0,
+            rate=200,
+            concurrency=16,
             env={},
         )
-        store = open_store(out)
-
-        async def go() -> RunResult:
-            harvest = Harvest(config, api_key=Secret(DEMO_KEY), store=store)
-            return await harvest.run(await plan(config, store))
-
-        result = asyncio.run(go())
-    from harvester.cli import summarise
-
+        result = api.harvest(config, api_key=DEMO_KEY)
     summarise(result)
     if not result.ok:
         return 1

@@ -104,8 +104,9 @@ async def load(store: Store, feed: str, *, parallel: int = 16) -> dict[Window, E
             data = await store.get_bytes(key)
         return None if data is None else Entry.from_json(data, key=key)
 
-    entries = await asyncio.gather(*(read(k) for k in keys))
-    return {e.window: e for e in entries if e is not None}
+    async with asyncio.TaskGroup() as group:
+        reads = [group.create_task(read(k)) for k in keys]
+    return {e.window: e for task in reads if (e := task.result()) is not None}
 
 
 def check_grid(feed: str, planned: Iterable[Window], existing: Iterable[Window]) -> None:

@@ -34,7 +34,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from harvester.orchestrator import FeedSummary
+from harvester.report import FeedSummary
 
 REFRESH_PER_SECOND = 4
 RATE_SPAN = 10.0
@@ -75,8 +75,8 @@ def progress_row(
         failed=summary.failed,
         rows=summary.rows,
         pages_per_second=pages_per_second,
-        retries=summary.retries,
-        throttled=summary.throttled,
+        retries=summary.counters.retries,
+        throttled=summary.counters.throttled,
         eta=_eta(remaining, processed, elapsed),
     )
 
@@ -105,7 +105,7 @@ def pages_fetched(summary: FeedSummary) -> int:
     ``pages`` grows only when a window completes, in jumps; requests that were not
     retried are the pages fetched so far, window finished or not.
     """
-    return max(summary.pages, summary.requests - summary.retries)
+    return max(summary.pages, summary.counters.requests - summary.counters.retries)
 
 
 def _eta(remaining: int, processed: int, elapsed: float) -> float | None:

@@ -1,25 +1,133 @@
-"""The run report: one JSON object per run under ``{out}/_runs/``.
+"""A run's outcome: the result types, the end-of-run summary, and the run report.
 
-It holds the run's parameters (never the key), per-feed totals (windows, pages, rows,
-requests, retries, 429s, bytes, seconds) and every failure with its reason. The
-summary the CLI prints comes from the same :class:`~harvester.orchestrator.RunResult`,
-so the two never disagree. ``harvester status`` reads the latest reports for failures.
+:class:`RunResult` is what a harvest returns (to the CLI, to the Python API, to an
+orchestrator): per-feed :class:`FeedSummary` totals and every :class:`Failure`. The
+summary the CLI logs and the JSON report stored under ``{out}/_runs/`` are both built
+from it, so the two never disagree. A report holds the run's parameters (never the
+key), per-feed totals and every failure with its window as start and end.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
+import structlog
 
+from harvester.counters import Counters
 from harvester.storage import Store
+from harvester.windows import Window, format_api
 
 if TYPE_CHECKING:
     from harvester.config import HarvestConfig
-    from harvester.orchestrator import RunResult
 
 PREFIX = "_runs"
+VERSION = 2
+
+log = structlog.get_logger("harvester")
+
+
+@dataclass(kw_only=True)
+class FeedSummary:
+    """Per-feed totals of one run, live while it runs."""
+
+    windows: int = 0
+    skipped: int = 0
+    done: int = 0
+    failed: int = 0
+    pages: int = 0
+    rows: int = 0
+    seconds: float = 0.0
+    counters: Counters = field(default_factory=Counters)
+    """The API client counts into this very object."""
+
+    def copy(self) -> FeedSummary:
+        """A snapshot that later counting does not change."""
+        return FeedSummary(**{**vars(self), "counters": Counters(**vars(self.counters))})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Failure:
+    """A window that did not complete, and why."""
+
+    feed: str
+    start: str
+    """The window's start, ``YYYY-MM-DDTHH:MM:SSZ``."""
+    end: str
+    error: str
+    """The error's class name, e.g. ``ServerError``."""
+    reason: str
+
+    @classmethod
+    def of(cls, feed: str, window: Window, error: BaseException, reason: str) -> Failure:
+        """The failure of ``window`` with ``error``."""
+        return cls(
+            feed=feed,
+            start=format_api(window.start),
+            end=format_api(window.end),
+            error=type(error).__name__,
+            reason=reason,
+        )
+
+    @property
+    def window(self) -> str:
+        """The window as logs show it: ``[START, END)``."""
+        return f"[{self.start}, {self.end})"
+
+
+@dataclass(kw_only=True)
+class RunResult:
+    """The outcome of a run."""
+
+    run_id: str
+    feeds: dict[str, FeedSummary]
+    failures: list[Failure] = field(default_factory=list)
+    interrupted: bool = False
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when every unit of the plan is complete."""
+        return not self.failures and not self.interrupted
+
+    def to_json(self) -> dict[str, Any]:
+        """The result as JSON-able data (for XCom, asset metadata, ``--json``)."""
+        return {
+            "run_id": self.run_id,
+            "ok": self.ok,
+            "interrupted": self.interrupted,
+            "seconds": round(self.seconds, 3),
+            "feeds": {feed: asdict(s) for feed, s in self.feeds.items()},
+            "failures": [asdict(f) for f in self.failures],
+        }
+
+
+def summarise(result: RunResult) -> None:
+    """Log one ``feed.summary`` event per feed, then ``run.done``."""
+    for feed, s in result.feeds.items():
+        log.info(
+            "feed.summary",
+            feed=feed,
+            windows=s.windows,
+            done=s.done,
+            skipped=s.skipped,
+            failed=s.failed,
+            pages=s.pages,
+            rows=s.rows,
+            requests=s.counters.requests,
+            retries=s.counters.retries,
+            throttled=s.counters.throttled,
+            seconds=round(s.seconds, 2),
+        )
+    log.info(
+        "run.done",
+        run_id=result.run_id,
+        ok=result.ok,
+        failed=len(result.failures),
+        interrupted=result.interrupted,
+        seconds=round(result.seconds, 2),
+    )
 
 
 def report_key(run_id: str, shard: str) -> str:
@@ -34,16 +142,11 @@ def build_report(
 ) -> dict[str, Any]:
     """The report as JSON-able data."""
     return {
-        "version": 1,
-        "run_id": result.run_id,
+        "version": VERSION,
         "started_at": started_at,
         "ended_at": ended_at,
-        "ok": result.ok,
-        "interrupted": result.interrupted,
-        "seconds": round(result.seconds, 3),
         "parameters": config.describe(),
-        "feeds": {feed: asdict(s) for feed, s in result.feeds.items()},
-        "failures": [asdict(f) for f in result.failures],
+        **result.to_json(),
     }
 
 

@@ -32,17 +32,18 @@ from harvester.manifest import Entry
 from harvester.report import load_reports
 from harvester.schemas import FEEDS
 from harvester.storage import Store
-from harvester.windows import DAY, Window, format_api
+from harvester.windows import DAY, Window, format_api, parse_api
 
 _WINDOW_TEXT = re.compile(r"^\[(?P<start>[^,\s]+),\s*(?P<end>[^)\s]+)\)$")
 
 
 async def collect_status(store: Store) -> dict[str, Any]:
     """Load every feed's manifest and every run report, and summarise them."""
-    loaded = await asyncio.gather(*(manifest.load(store, feed) for feed in FEEDS))
-    reports = await load_reports(store)
-    entries = {feed: list(found.values()) for feed, found in zip(FEEDS, loaded, strict=True)}
-    return build_status(entries, reports, lake=store.url())
+    async with asyncio.TaskGroup() as group:
+        loads = {feed: group.create_task(manifest.load(store, feed)) for feed in FEEDS}
+        reports = group.create_task(load_reports(store))
+    entries = {feed: list(task.result().values()) for feed, task in loads.items()}
+    return build_status(entries, reports.result(), lake=store.url())
 
 
 def build_status(
@@ -170,7 +171,7 @@ def still_failed(
         for failure in run.get("failures", []):
             if failure.get("feed") != feed:
                 continue
-            window = parse_window(str(failure.get("window", "")))
+            window = failure_window(failure)
             if window is None:
                 continue  # reports are written by us; an odd one is not worth failing on
             latest[window] = {
@@ -183,8 +184,21 @@ def still_failed(
     return [view for window, view in sorted(latest.items()) if not is_covered(spans, window)]
 
 
+def failure_window(failure: Mapping[str, Any]) -> Window | None:
+    """The window of a report's failure: ``start`` and ``end``, or a version 1 label."""
+    if "start" in failure:
+        try:
+            return Window(start=parse_api(failure["start"]), end=parse_api(failure["end"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+    return parse_window(str(failure.get("window", "")))
+
+
 def parse_window(text: str) -> Window | None:
-    """Parse a window as reports write it (``[2024-01-01T00:00:00Z, 2024-01-02T00:00:00Z)``)."""
+    """Parse a version 1 report's window label (``[2024-01-01T00:00:00Z, 2024-01-02T00:00:00Z)``).
+
+    Reports of version 2 and later store ``start`` and ``end`` instead.
+    """
     match = _WINDOW_TEXT.match(text.strip())
     if not match:
         return None

@@ -6,10 +6,8 @@ import asyncio
 from datetime import datetime
 from typing import Any
 
-from harvester.config import build_config
-from harvester.orchestrator import Harvest, RunResult, plan
-from harvester.secret import Secret
-from harvester.storage import open_store
+from harvester import api
+from harvester.report import RunResult
 
 SIM_KEY = "sim-test-key-5f2c9a"
 
@@ -38,16 +36,6 @@ def harvest(
         "concurrency": 8,
         **options,
     }
-    config = build_config({k: v for k, v in merged.items() if v is not None}, env={}, now=now)
-    store = open_store(out, s3_endpoint_url=config.s3_endpoint_url)
-
-    async def go() -> RunResult:
-        try:
-            runner = Harvest(
-                config, api_key=Secret(key), store=store, **({"sleep": _fast_sleep} if fast else {})
-            )
-            return await runner.run(await plan(config, store))
-        finally:
-            await store.close()
-
-    return asyncio.run(go())
+    config = api.make_config(env={}, now=now, **merged)
+    sleep = _fast_sleep if fast else asyncio.sleep
+    return asyncio.run(api.aharvest(config, api_key=key, sleep=sleep))

@@ -109,7 +109,7 @@ def test_rerun_skips_complete_windows_and_changes_nothing(
     before = files(tmp_path)
     again = harvest(sim.url, str(tmp_path), feeds="ips,domains")
     assert again.ok
-    assert all(s.skipped == s.windows and s.requests == 0 for s in again.feeds.values())
+    assert all(s.skipped == s.windows and s.counters.requests == 0 for s in again.feeds.values())
     assert files(tmp_path) == before
 
 
@@ -144,7 +144,7 @@ def test_lake_is_exact_under_every_fault_at_once(make_sim, tmp_path: Path) -> No
         attempts=30,
     )
     assert result.ok, result.failures
-    assert sum(s.retries for s in result.feeds.values()) > 5
+    assert sum(s.counters.retries for s in result.feeds.values()) > 5
     assert_lake_exact(
         str(tmp_path),
         truth(server, ["ips", "artifacts", "network_streams"], confidence=0, severity=0),
@@ -232,8 +232,9 @@ def test_small_windows_over_sparse_days_cost_a_query_per_day(
     summary = result.feeds["registry_keys"]
     assert result.ok
     assert summary.done == 3 * 96
-    assert summary.requests <= 1 + summary.pages + 3  # preflight, pages, an empty page a day
-    assert summary.requests < 3 * 96 / 10
+    # the preflight, the pages, an empty page a day
+    assert summary.counters.requests <= 1 + summary.pages + 3
+    assert summary.counters.requests < 3 * 96 / 10
     assert_lake_exact(str(tmp_path), truth(sim, ["registry_keys"]))
     names = {p.name for p in (tmp_path / "registry_keys").glob("dt=*/*.parquet")}
     assert len(names) > 20  # one file per non-empty quarter hour

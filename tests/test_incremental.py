@@ -57,7 +57,9 @@ def test_nightly_runs_continue_and_a_repeat_does_nothing(
         now=at("2024-01-03T00:45:00"),
         after=None,
     )
-    assert again.ok and all(s.windows == 0 and s.requests == 0 for s in again.feeds.values())
+    assert again.ok and all(
+        s.windows == 0 and s.counters.requests == 0 for s in again.feeds.values()
+    )
     later = harvest(
         sim.url,
         str(tmp_path),

@@ -15,9 +15,8 @@ import pytest
 import structlog
 from rich.console import Console
 
-from harvester import logs
-from harvester.config import build_config
-from harvester.orchestrator import FeedSummary, Harvest, RunResult, plan
+from harvester import api, logs
+from harvester.counters import Counters
 from harvester.progress import (
     LinesAbove,
     Meter,
@@ -29,9 +28,8 @@ from harvester.progress import (
     total_row,
     windows_cell,
 )
-from harvester.secret import Secret
+from harvester.report import FeedSummary, RunResult
 from harvester.sim.server import SimulatorThread
-from harvester.storage import open_store
 
 from harvesting import SIM_KEY
 
@@ -73,7 +71,15 @@ def structlog_restored() -> Iterator[None]:
 
 def feeds() -> dict[str, FeedSummary]:
     return {
-        "ips": FeedSummary(windows=20, skipped=3, done=7, failed=1, pages=40, rows=1234, retries=5),
+        "ips": FeedSummary(
+            windows=20,
+            skipped=3,
+            done=7,
+            failed=1,
+            pages=40,
+            rows=1234,
+            counters=Counters(retries=5),
+        ),
         "network_streams": FeedSummary(windows=2000, done=1200, pages=400, rows=12_345_678),
     }
 
@@ -133,8 +139,8 @@ def test_meter_rates_use_the_last_seconds_only() -> None:
 
 def test_pages_are_counted_live_from_requests_before_a_window_completes() -> None:
     """Mid-window, requests that were not retries count as fetched pages; after, pages do."""
-    assert pages_fetched(FeedSummary(pages=0, requests=12, retries=2)) == 10
-    assert pages_fetched(FeedSummary(pages=30, requests=12, retries=2)) == 30
+    assert pages_fetched(FeedSummary(pages=0, counters=Counters(requests=12, retries=2))) == 10
+    assert pages_fetched(FeedSummary(pages=30, counters=Counters(requests=12, retries=2))) == 30
 
 
 def test_view_shows_every_feed_its_counts_and_a_total() -> None:
@@ -228,25 +234,22 @@ def test_live_progress_follows_a_real_harvest(
     sim: SimulatorThread, tmp_path: Path, tty_env: None
 ) -> None:
     """Polling Harvest.snapshot from rich's thread during a real run ends on the run's totals."""
-    config = build_config(
-        {
-            "after": "2024-01-01",
-            "before": "2024-01-04",
-            "out": str(tmp_path),
-            "base_url": sim.url,
-            "feeds": "ips,urls",
-            "rate": 1000,
-        },
+    config = api.make_config(
+        after="2024-01-01",
+        before="2024-01-04",
+        out=str(tmp_path),
+        base_url=sim.url,
+        feeds="ips,urls",
+        rate=1000,
         env={},
     )
-    store = open_store(str(tmp_path))
-    runner = Harvest(config, api_key=Secret(SIM_KEY), store=store)
+    runner = api.prepare(config, api_key=SIM_KEY)
 
     async def go() -> RunResult:
         try:
-            return await runner.run(await plan(config, store))
+            return await runner.execute()
         finally:
-            await store.close()
+            await runner.store.close()
 
     stream = Terminal()
     with live_progress(runner.snapshot, enabled=True, stream=stream):
