@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -28,14 +27,13 @@ from typing import Any, NoReturn
 import orjson
 import structlog
 
-from harvester import logs
+from harvester import api, logs
 from harvester.cli_support import print_table
-from harvester.config import API_KEY_ENV, DEFAULTS, OPTION_TYPES, build_config, load_toml
-from harvester.errors import ConfigError, HarvesterError
-from harvester.orchestrator import Harvest, RunResult, plan
-from harvester.planner import Plan, describe_plan
-from harvester.secret import Secret, redact
-from harvester.storage import open_store
+from harvester.config import DEFAULTS, OPTION_TYPES, build_config, load_toml
+from harvester.errors import HarvesterError
+from harvester.orchestrator import Harvest
+from harvester.report import RunResult, summarise
+from harvester.secret import redact
 
 log = structlog.get_logger("harvester")
 
@@ -55,15 +53,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"harvester: error: {message}; see {self.prog} --help\n")
 
 
+def _default(name: str) -> str:
+    """`` (default X)`` for a help text, from the one table of defaults."""
+    return f" (default {DEFAULTS[name]})"
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--config", metavar="FILE", help="TOML file with any of these options; flags win")
     add("--after", metavar="ISO", help="start of the range, inclusive (2024-01-01, ...Z, +01:00)")
     add("--before", metavar="ISO", help="end of the range, exclusive")
     add("--out", metavar="DIR|s3://BUCKET/PREFIX", help="where the lake lives")
-    add("--feeds", metavar="all|ips,domains,...", help="feeds to harvest (default all)")
-    add("--base-url", metavar="URL", help=f"API base URL (default {DEFAULTS['base_url']})")
-    add("--window", metavar="1d|6h|1h|15m", help="window size on the UTC grid (default 1d)")
+    add("--feeds", metavar="all|ips,domains,...", help=f"feeds to harvest{_default('feeds')}")
+    add("--base-url", metavar="URL", help=f"API base URL{_default('base_url')}")
+    add("--window", metavar="1d|6h|1h|15m", help=f"window size on the UTC grid{_default('window')}")
     add("--confidence", metavar="N", help="minimum confidence; 0 means all (API default 80)")
     add("--severity", metavar="N", help="minimum severity; 0 means all (API default 80)")
     add("--ioc", metavar="NAME", help="only this behaviour indicator")
@@ -76,26 +79,42 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         action="append",
         help="result restriction, e.g. domain=example.com (repeatable)",
     )
-    add("--limit", metavar="N", help=f"page size to ask for (default {DEFAULTS['limit']})")
+    add("--limit", metavar="N", help=f"page size to ask for{_default('limit')}")
     add(
         "--concurrency",
         metavar="N",
-        help=f"requests in flight at most (default {DEFAULTS['concurrency']})",
+        help=f"requests in flight at most{_default('concurrency')}",
     )
     add(
         "--rate",
         metavar="REQ_PER_S",
-        help=f"request rate ceiling for the whole job (default {DEFAULTS['rate']})",
+        help=f"request rate ceiling for the whole job{_default('rate')}",
     )
     add(
         "--auth",
         choices=("header", "query"),
         help="send the key as a Bearer header (default) or as the api_key query parameter",
     )
-    add("--prefetch", metavar="N", help="pages fetched ahead inside one window (default 4)")
-    add("--attempts", metavar="N", help="tries per request before a window fails (default 8)")
-    add("--retry-timeout", metavar="S", help="give up retrying a request after S seconds")
-    add("--request-timeout", metavar="S", help="time limit of one request (default 60)")
+    add(
+        "--prefetch",
+        metavar="N",
+        help=f"pages fetched ahead inside one window{_default('prefetch')}",
+    )
+    add(
+        "--attempts",
+        metavar="N",
+        help=f"tries per request before a window fails{_default('attempts')}",
+    )
+    add(
+        "--retry-timeout",
+        metavar="S",
+        help=f"give up retrying a request after S seconds{_default('retry_timeout')}",
+    )
+    add(
+        "--request-timeout",
+        metavar="S",
+        help=f"time limit of one request, in seconds{_default('request_timeout')}",
+    )
     add("--s3-endpoint-url", metavar="URL", help="S3-compatible endpoint (MinIO, Ceph, ...)")
     add("--shard", metavar="I/N", help="harvest only shard I of N (0-based)")
     add(
@@ -215,61 +234,22 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     return {**from_file, **flags}
 
 
-def api_key_from_env(env: dict[str, str] | os._Environ[str] = os.environ) -> Secret:
-    """The API key, from the environment only."""
-    value = env.get(API_KEY_ENV, "").strip()
-    if not value:
-        raise ConfigError(f"{API_KEY_ENV} is not set; export your Threat Grid API key in it")
-    return Secret(value)
-
-
 async def _run_async(harvest: Harvest) -> RunResult:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, harvest.stop)
     try:
-        store = harvest.store
-        the_plan = await plan(harvest.config, store)
-        return await harvest.run(the_plan)
+        return await harvest.execute()
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
         await harvest.store.close()
 
 
-def summarise(result: RunResult) -> None:
-    """Log one summary line per feed, then the run's outcome."""
-    for feed, s in result.feeds.items():
-        log.info(
-            "feed.summary",
-            feed=feed,
-            windows=s.windows,
-            done=s.done,
-            skipped=s.skipped,
-            failed=s.failed,
-            pages=s.pages,
-            rows=s.rows,
-            requests=s.requests,
-            retries=s.retries,
-            throttled=s.throttled,
-            seconds=round(s.seconds, 2),
-        )
-    log.info(
-        "run.done",
-        run_id=result.run_id,
-        ok=result.ok,
-        failed=len(result.failures),
-        interrupted=result.interrupted,
-        seconds=round(result.seconds, 2),
-    )
-
-
 def command_run(args: argparse.Namespace) -> int:
     """``harvester run``."""
     config = build_config(_options(args))
-    key = api_key_from_env()
-    store = open_store(config.out, s3_endpoint_url=config.s3_endpoint_url)
-    harvest = Harvest(config, api_key=key, store=store)
+    harvest = api.prepare(config)
     from harvester.progress import live_progress
 
     show = sys.stderr.isatty() and not args.no_progress
@@ -290,16 +270,8 @@ def command_run(args: argparse.Namespace) -> int:
 
 def command_plan(args: argparse.Namespace) -> int:
     """``harvester plan``: the run's plan from the manifest alone; no API call."""
-    config = build_config(_options(args))
-    store = open_store(config.out, s3_endpoint_url=config.s3_endpoint_url)
-
-    async def go() -> Plan:
-        try:
-            return await plan(config, store)
-        finally:
-            await store.close()
-
-    view = describe_plan(asyncio.run(go()), config.shard.count, config.feeds)
+    config = build_config(_options(args), whole_job=True)
+    view = api.plan_view(config)
     if args.json:
         print(orjson.dumps(view, option=orjson.OPT_INDENT_2).decode())
         return 0
@@ -323,17 +295,9 @@ def command_plan(args: argparse.Namespace) -> int:
 
 def command_status(args: argparse.Namespace) -> int:
     """``harvester status``: what the lake holds, from its manifest and run reports."""
-    from harvester.status import collect_status, render_status
+    from harvester.status import render_status
 
-    store = open_store(args.out, s3_endpoint_url=args.s3_endpoint_url)
-
-    async def go() -> dict[str, Any]:
-        try:
-            return await collect_status(store)
-        finally:
-            await store.close()
-
-    status = asyncio.run(go())
+    status = api.status(args.out, s3_endpoint_url=args.s3_endpoint_url)
     if args.json:
         print(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode())
     else:

@@ -20,18 +20,22 @@ import aiohttp
 import orjson
 
 from harvester.config import API_KEY_ENV
+from harvester.counters import Counters
 from harvester.errors import (
     ApiError,
     AuthError,
     BadResponse,
     ConnectionFailed,
     RateLimited,
+    ReadTimeout,
     RequestRejected,
     ServerError,
 )
 from harvester.ratelimit import AdaptiveRateLimiter
 from harvester.retry import RetryPolicy, Sleep, call_with_retry
-from harvester.secret import Secret, redact
+from harvester.secret import Secret, guard_loggers, redact
+
+guard_loggers()
 
 FEED_PATH = "/api/v2/iocs/feeds/{feed}"
 USER_AGENT = "threatgrid-harvester/0.1"
@@ -46,16 +50,6 @@ class Page:
     items: list[dict[str, Any]]
 
 
-@dataclass(kw_only=True)
-class Counters:
-    """Request statistics, per feed, for logs and the run report."""
-
-    requests: int = 0
-    retries: int = 0
-    throttled: int = 0
-    bytes: int = 0
-
-
 class ApiClient:
     """Fetches pages of IOC feeds politely and maps every failure to our errors."""
 
@@ -64,11 +58,12 @@ class ApiClient:
         *,
         base_url: str,
         api_key: Secret,
-        auth: str = "header",
-        concurrency: int = 8,
+        auth: str,
+        concurrency: int,
         limiter: AdaptiveRateLimiter,
         policy: RetryPolicy,
-        request_timeout: float = 60.0,
+        request_timeout: float,
+        counters: dict[str, Counters] | None = None,
         sleep: Sleep = asyncio.sleep,
         connector: aiohttp.BaseConnector | None = None,
     ) -> None:
@@ -78,12 +73,13 @@ class ApiClient:
         self._in_flight = asyncio.Semaphore(concurrency)
         self.limiter = limiter
         self.policy = policy
+        self._request_timeout = request_timeout
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
         self._sleep = sleep
         self._connector = connector
         self._concurrency = concurrency
         self._session: aiohttp.ClientSession | None = None
-        self.counters: dict[str, Counters] = {}
+        self.counters: dict[str, Counters] = {} if counters is None else counters
 
     async def __aenter__(self) -> ApiClient:
         connector = self._connector or aiohttp.TCPConnector(limit=self._concurrency)
@@ -141,19 +137,29 @@ class ApiClient:
         # is already known to be too high.
         async with self._in_flight, self.limiter:
             stats.requests += 1
+            answered = False  # did the response begin? Then the API is reachable.
             try:
                 async with self._session.get(url, params=query) as response:
-                    body = await response.read()
+                    answered = True
                     status = response.status
                     retry_after = response.headers.get("Retry-After")
                     content_type = response.headers.get("Content-Type", "")
+                    body = await response.read()
             except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-                raise ConnectionFailed(f"GET {url} timed out") from exc
+                if answered:
+                    raise ReadTimeout(
+                        f"GET {url}: the server answered {status} but the body did not arrive "
+                        f"within --request-timeout {self._request_timeout:g}s"
+                    ) from exc
+                raise ConnectionFailed(
+                    f"GET {url}: no response within --request-timeout {self._request_timeout:g}s"
+                ) from exc
             except aiohttp.ClientPayloadError as exc:
                 raise BadResponse(f"GET {url}: body cut short ({redact(str(exc))})") from exc
             except aiohttp.ClientError as exc:
                 detail = redact(str(exc)) or type(exc).__name__
-                raise ConnectionFailed(f"GET {url} failed: {detail}") from exc
+                error = BadResponse if answered else ConnectionFailed
+                raise error(f"GET {url} failed: {detail}") from exc
         stats.bytes += len(body)
         if status == 429:
             wait = _retry_after(retry_after)

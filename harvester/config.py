@@ -163,11 +163,11 @@ class HarvestConfig:
     limit: int
     concurrency: int
     rate: float
-    auth: str = "header"
-    prefetch: int = 4
-    attempts: int = 8
-    retry_timeout: float = 300.0
-    request_timeout: float = 60.0
+    auth: str = DEFAULTS["auth"]
+    prefetch: int = DEFAULTS["prefetch"]
+    attempts: int = DEFAULTS["attempts"]
+    retry_timeout: float = DEFAULTS["retry_timeout"]
+    request_timeout: float = DEFAULTS["request_timeout"]
     s3_endpoint_url: str | None = None
     shard: Shard = field(default_factory=Shard)
     since_last: bool = False
@@ -310,8 +310,14 @@ def _base_url(value: str) -> str:
     return value.rstrip("/")
 
 
-def parse_shard(value: str | None, shards: int | None, env: dict[str, str]) -> Shard:
-    """Work out this process's shard from ``--shard I/N`` or ``--shards N`` + the job index."""
+def parse_shard(
+    value: str | None, shards: int | None, env: dict[str, str], *, whole_job: bool = False
+) -> Shard:
+    """Work out this process's shard from ``--shard I/N`` or ``--shards N`` + the job index.
+
+    ``whole_job`` (for ``plan``, which shows every shard's share) lets ``--shards N`` go
+    without a job index.
+    """
     if value:
         index, sep, count = value.partition("/")
         if not sep or not index.isdigit() or not count.isdigit():
@@ -327,18 +333,25 @@ def parse_shard(value: str | None, shards: int | None, env: dict[str, str]) -> S
             if not raw.isdigit():
                 raise ConfigError(f"{var}={raw!r} is not a shard index; expected 0..{shards - 1}")
             return Shard(index=int(raw), count=shards)
+    if whole_job:
+        return Shard(index=0, count=shards)
     raise ConfigError(
         "--shards needs JOB_COMPLETION_INDEX or AWS_BATCH_JOB_ARRAY_INDEX, or use --shard I/N"
     )
 
 
 def build_config(
-    options: dict[str, Any], env: dict[str, str] | None = None, *, now: datetime | None = None
+    options: dict[str, Any],
+    env: dict[str, str] | None = None,
+    *,
+    now: datetime | None = None,
+    whole_job: bool = False,
 ) -> HarvestConfig:
     """Build and validate a :class:`HarvestConfig` from merged options.
 
     ``--before now`` (with an optional ``--lag``) becomes the last grid edge at or before
     ``now - lag``: a window that may still receive records is left for the next run.
+    ``whole_job`` is for describing a sharded job as a whole (see :func:`parse_shard`).
     """
     env = dict(os.environ) if env is None else env
     merged = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
@@ -368,7 +381,7 @@ def build_config(
     assert before is not None
 
     feeds = parse_feeds(merged["feeds"])
-    shard = parse_shard(merged.get("shard"), _int(merged, "shards"), env)
+    shard = parse_shard(merged.get("shard"), _int(merged, "shards"), env, whole_job=whole_job)
     # --rate is the whole job's allowance: N shards running at once share it.
     rate = _float(merged, "rate") / shard.count
     query = Query(

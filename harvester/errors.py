@@ -15,14 +15,21 @@ contains the API key.
     │   └── TransientError       worth retrying (see retry.py)
     │       ├── RateLimited      429, with the server's Retry-After if any
     │       ├── ServerError      408 and 5xx
-    │       ├── ConnectionFailed refused, reset, DNS, timeout
+    │       ├── ConnectionFailed no response at all: refused, reset, DNS, a
+    │       │                    timeout before the response began
+    │       ├── ReadTimeout      the response began, its body did not finish in time
     │       └── BadResponse      truncated body, non-JSON, wrong envelope
     ├── ApiUnreachable           the base URL never answered                  exit 5
     ├── DataError                a record that cannot be placed in the lake
-    ├── StorageError             the lake could not be written
-    │   ├── StorageAccessError   denied, no bucket, bad credentials           exit 4
-    │   └── TransientStorageError  S3 5xx, SlowDown, reset: retried
-    └── Interrupted              SIGINT/SIGTERM stopped the run               exit 130
+    └── StorageError             the lake could not be read or written        exit 4
+        ├── StorageAccessError   denied, no bucket, bad credentials: the run stops
+        ├── StorageFull          a disk is full (the lake, or the local staging
+        │                        folder of an S3 run): the run stops
+        └── TransientStorageError  S3 5xx, SlowDown, reset: retried
+
+Which errors stop a whole run and which fail only the window they happen in is decided
+in one place, :data:`FATAL`. Anything that is not a :class:`HarvesterError` is a bug: it
+is never caught per window, and the CLI turns it into exit 70.
 """
 
 from __future__ import annotations
@@ -82,6 +89,10 @@ class ConnectionFailed(TransientError):
     """The connection failed or timed out before a full response arrived."""
 
 
+class ReadTimeout(TransientError):
+    """The server answered, but the body did not arrive within the request timeout."""
+
+
 class BadResponse(TransientError):
     """The body was truncated, not JSON, or not the documented envelope."""
 
@@ -106,11 +117,17 @@ class StorageAccessError(StorageError):
     """Access denied, missing bucket or bad credentials: the run stops."""
 
 
+class StorageFull(StorageError):
+    """No space left on a disk the run writes to; nothing more can be written."""
+
+
 class TransientStorageError(StorageError):
     """An S3 hiccup (5xx, SlowDown, reset) that is retried."""
 
 
-class Interrupted(HarvesterError):
-    """The run was stopped by SIGINT or SIGTERM."""
-
-    exit_code = 130
+FATAL: tuple[type[HarvesterError], ...] = (
+    AuthError,
+    StorageAccessError,
+    StorageFull,
+)
+"""Errors that stop the whole run at once: no other window could succeed either."""

@@ -178,14 +178,20 @@ class WindowWriter:
         if not handle.pending:
             return
         tables, handle.pending, handle.pending_rows = handle.pending, [], 0
-        await asyncio.to_thread(handle.write, tables, self.row_group_rows, close=False)
+        await self._write(handle, tables, close=False)
+
+    async def _write(self, handle: _DayFile, tables: list[pa.Table], *, close: bool) -> None:
+        try:
+            await asyncio.to_thread(handle.write, tables, self.row_group_rows, close=close)
+        except OSError as exc:  # pyarrow's I/O errors are OSErrors: a full disk, say
+            raise self.store.staging_error(exc, handle.staged) from exc
 
     async def finish(self) -> list[StoredFile]:
         """Close and commit every day file; delete files a day no longer has."""
         stored = []
         for day, handle in sorted(self._days.items()):
             rest, handle.pending = handle.pending, []
-            await asyncio.to_thread(handle.write, rest, self.row_group_rows, close=True)
+            await self._write(handle, rest, close=True)
             key = data_key(self.feed.name, day, self.window)
             stored.append(await self.store.commit(handle.staged, key))
         written = {s.key for s in stored}

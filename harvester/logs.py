@@ -3,6 +3,11 @@
 Only the CLI calls :func:`configure`; library modules just ``structlog.get_logger()``.
 Every event passes :func:`scrub` last, which removes any known secret from every
 value, so even a careless ``log.info(..., url=...)`` cannot leak the API key.
+
+Third-party libraries (aiohttp, botocore, urllib3) log through the standard library.
+Their records go through structlog's ``ProcessorFormatter`` with the same processors,
+so they come out as JSON lines (or console lines) like ours, scrubbed, instead of
+plain text in the middle of a JSON stream.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Any, TextIO, cast
 import orjson
 import structlog
 
-from harvester.secret import redact
+from harvester.secret import RedactFilter, guard_loggers, redact
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -63,11 +68,14 @@ def configure(
         if as_json
         else structlog.dev.ConsoleRenderer(colors=stream.isatty())
     )
+    shared: list[Any] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *shared,
             structlog.processors.format_exc_info,
             scrub,
             renderer,
@@ -76,7 +84,21 @@ def configure(
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
-    # aiohttp/boto loggers go through stdlib logging; keep them quiet and scrubbed.
-    logging.basicConfig(
-        level=logging.WARNING, stream=stream, format="%(levelname)s %(name)s %(message)s"
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactFilter())
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                scrub,
+                renderer,
+            ],
+        )
     )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    # Libraries are quiet unless something is wrong; at debug, their info lines too.
+    root.setLevel(logging.INFO if level == "debug" else logging.WARNING)
+    guard_loggers()

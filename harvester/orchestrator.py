@@ -18,7 +18,6 @@ import gc
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,18 +27,20 @@ from harvester import manifest, report
 from harvester.client import ApiClient, Page
 from harvester.config import HarvestConfig
 from harvester.errors import (
+    FATAL,
     ApiUnreachable,
-    AuthError,
     ConfigError,
     ConnectionFailed,
     HarvesterError,
-    StorageAccessError,
+    StorageError,
+    StorageFull,
     TransientError,
 )
 from harvester.lake import WindowWriter, stamp_bounds
 from harvester.paging import page_through
 from harvester.planner import Batch, Plan, Unit, assign_shard, group_units, resume_point
 from harvester.ratelimit import AdaptiveRateLimiter
+from harvester.report import Failure, FeedSummary, RunResult
 from harvester.retry import RetryPolicy, Sleep
 from harvester.schemas import FEEDS, items_to_table
 from harvester.secret import Secret, redact
@@ -87,49 +88,6 @@ async def plan(config: HarvestConfig, store: Store) -> Plan:
     )
 
 
-@dataclass(kw_only=True)
-class FeedSummary:
-    """Per-feed totals for the end-of-run summary and the run report."""
-
-    windows: int = 0
-    skipped: int = 0
-    done: int = 0
-    failed: int = 0
-    pages: int = 0
-    rows: int = 0
-    requests: int = 0
-    retries: int = 0
-    throttled: int = 0
-    bytes: int = 0
-    seconds: float = 0.0
-
-
-@dataclass(kw_only=True)
-class Failure:
-    """A unit that did not complete, and why."""
-
-    feed: str
-    window: str
-    error: str
-    reason: str
-
-
-@dataclass(kw_only=True)
-class RunResult:
-    """The outcome of a run."""
-
-    run_id: str
-    feeds: dict[str, FeedSummary]
-    failures: list[Failure] = field(default_factory=list)
-    interrupted: bool = False
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        """True when every unit of the plan is complete."""
-        return not self.failures and not self.interrupted
-
-
 class Harvest:
     """One run of the harvester over a plan."""
 
@@ -155,15 +113,7 @@ class Harvest:
 
     def snapshot(self) -> dict[str, FeedSummary]:
         """Live per-feed totals, request counters included (for a progress display)."""
-        feeds = {}
-        for feed, summary in self.result.feeds.items():
-            live = FeedSummary(**vars(summary))
-            counters = self._client.counters.get(feed) if self._client else None
-            if counters is not None:
-                live.requests, live.retries = counters.requests, counters.retries
-                live.throttled, live.bytes = counters.throttled, counters.bytes
-            feeds[feed] = live
-        return feeds
+        return {feed: summary.copy() for feed, summary in self.result.feeds.items()}
 
     def stop(self) -> None:
         """Stop taking new units and abandon in-flight ones (their files are discarded)."""
@@ -183,6 +133,7 @@ class Harvest:
             limiter=limiter,
             policy=policy,
             request_timeout=config.request_timeout,
+            counters={feed: s.counters for feed, s in self.result.feeds.items()},
             sleep=self._sleep,
         )
 
@@ -190,6 +141,10 @@ class Harvest:
         """The query string of every page of ``span``, less ``limit`` and ``offset``."""
         after, before = query_bounds(span)
         return {**self.config.query.params(), "after": after, "before": before}
+
+    async def execute(self) -> RunResult:
+        """Plan from the lake's manifest, then harvest what the plan has left."""
+        return await self.run(await plan(self.config, self.store))
 
     async def run(self, the_plan: Plan) -> RunResult:
         """Harvest every unit the plan has left to do."""
@@ -210,38 +165,46 @@ class Harvest:
             shard=str(self.config.shard),
         )
         if todo:
-            await self.store.check_writable()
-            async with self._new_client() as client:
-                self._client = client
-                await self._preflight(client, todo[0])
-                batches = group_units(todo)
-                queue = iter(batches)  # shared by the workers: each batch is taken once
-                workers = min(self.config.concurrency, len(batches))
-                try:
-                    with _rare_collections:
-                        async with asyncio.TaskGroup() as group:
-                            for _ in range(workers):
-                                task = group.create_task(self._worker(client, queue))
-                                self._tasks.add(task)
-                                task.add_done_callback(self._tasks.discard)
-                except BaseExceptionGroup as group_error:
-                    raise _first_fatal(group_error) from None
-                for feed, counters in client.counters.items():
-                    summary = self.result.feeds[feed]
-                    summary.requests = counters.requests
-                    summary.retries = counters.retries
-                    summary.throttled = counters.throttled
-                    summary.bytes = counters.bytes
+            try:
+                await self._harvest(todo)
+            except StorageFull:
+                # The disk is full, but the report may still fit (it is small, and some
+                # staged files were just removed): keep the run on record if it does.
+                with contextlib.suppress(StorageError):
+                    await self._report(started, started_at)
+                raise
+        return await self._report(started, started_at) if todo else self._finish(started)
+
+    async def _harvest(self, todo: list[Unit]) -> None:
+        await self.store.check_writable()
+        async with self._new_client() as client:
+            self._client = client
+            await self._preflight(client, todo[0])
+            batches = group_units(todo)
+            queue = iter(batches)  # shared by the workers: each batch is taken once
+            workers = min(self.config.concurrency, len(batches))
+            try:
+                with _rare_collections:
+                    async with asyncio.TaskGroup() as group:
+                        for _ in range(workers):
+                            task = group.create_task(self._worker(client, queue))
+                            self._tasks.add(task)
+                            task.add_done_callback(self._tasks.discard)
+            except BaseExceptionGroup as group_error:
+                raise _first_fatal(group_error) from None
+
+    def _finish(self, started: float) -> RunResult:
         self.result.interrupted = self._stopping.is_set()
         self.result.seconds = self._clock() - started
-        if todo:
-            ended_at = datetime.now(UTC).isoformat(timespec="milliseconds")
-            built = report.build_report(
-                self.config, self.result, started_at=started_at, ended_at=ended_at
-            )
-            key = await report.write_report(self.store, built)
-            log.info("run.report", key=key)
         return self.result
+
+    async def _report(self, started: float, started_at: str) -> RunResult:
+        result = self._finish(started)
+        ended_at = datetime.now(UTC).isoformat(timespec="milliseconds")
+        built = report.build_report(self.config, result, started_at=started_at, ended_at=ended_at)
+        key = await report.write_report(self.store, built)
+        log.info("run.report", key=key)
+        return result
 
     async def _preflight(self, client: ApiClient, unit: Unit) -> None:
         """One small request first: a dead URL or a refused key fails fast and clearly."""
@@ -283,20 +246,15 @@ class Harvest:
         started = self._clock()
         try:
             await self._harvest_batch(client, batch)
-        except (AuthError, StorageAccessError):
+        except FATAL:
             raise
-        except Exception as exc:
+        except HarvesterError as exc:
+            # Only our own errors fail a window: anything else is a bug, and must reach
+            # the CLI's exit 70 instead of passing as "run the same command again".
             reason = redact(str(exc)) or type(exc).__name__
             for unit in batch.units:
                 summary.failed += 1
-                self.result.failures.append(
-                    Failure(
-                        feed=unit.feed,
-                        window=str(unit.window),
-                        error=type(exc).__name__,
-                        reason=reason,
-                    )
-                )
+                self.result.failures.append(Failure.of(unit.feed, unit.window, exc, reason))
                 log.error(
                     "window.failed",
                     feed=unit.feed,
@@ -420,10 +378,18 @@ _rare_collections = _RareCollections()
 
 
 def _first_fatal(group: BaseExceptionGroup[Any]) -> BaseException:
-    """Unwrap the TaskGroup's error: the fatal one that cancelled the others."""
-    for error in group.exceptions:
+    """Unwrap the TaskGroup's error: the one that cancelled the others.
+
+    A bug (not a HarvesterError) wins over a fatal harvester error, so it is never
+    hidden behind the cancellations it caused.
+    """
+    errors: list[BaseException] = []
+    pending = list(group.exceptions)
+    while pending:
+        error = pending.pop(0)
         if isinstance(error, BaseExceptionGroup):
-            return _first_fatal(error)
-        if isinstance(error, HarvesterError):
-            return error
-    return group.exceptions[0]
+            pending.extend(error.exceptions)
+        else:
+            errors.append(error)
+    bugs = [e for e in errors if not isinstance(e, HarvesterError | asyncio.CancelledError)]
+    return (bugs or errors)[0]

@@ -58,8 +58,10 @@ from harvester.errors import (
     TransientStorageError,
 )
 from harvester.retry import RetryPolicy, Sleep, call_with_retry
-from harvester.secret import redact
-from harvester.storage import Store, StoredFile
+from harvester.secret import guard_loggers, redact
+from harvester.storage import Store, StoredFile, local_error
+
+guard_loggers()
 
 T = TypeVar("T")
 MiB = 1024 * 1024
@@ -183,6 +185,15 @@ class S3Store(Store):
             yield staged
         finally:
             await asyncio.to_thread(staged.unlink, missing_ok=True)
+
+    def staging_error(self, exc: OSError, staged: Path) -> StorageError:
+        """Staged files of an S3 lake live on a local disk: say so, it is not the bucket."""
+        return local_error(
+            exc,
+            staged,
+            where=f" (the local staging folder of this S3 run, {staged.parent}; set TMPDIR "
+            "to a folder with room)",
+        )
 
     async def commit(self, staged: Path, key: str) -> StoredFile:
         """Upload the staged file (multipart when big) and record its size and ETag."""

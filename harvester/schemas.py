@@ -110,8 +110,22 @@ def items_to_table(feed: Feed, items: Sequence[Mapping[str, Any]]) -> pa.Table:
     Values that fit their column go there. Unknown keys, and values whose type does not
     fit (a confidence sent as ``"95"``), go into ``extra`` under their own key, so the
     original item can always be rebuilt. An item without a parseable ``timestamp``
-    cannot be placed in a window and raises :class:`DataError`.
+    cannot be placed in a window, and a string Arrow cannot hold (a lone UTF-16
+    surrogate, which Parquet's UTF-8 cannot encode) cannot be stored: both raise
+    :class:`DataError`.
     """
+    try:
+        return _items_to_table(feed, items)
+    except UnicodeEncodeError as exc:
+        raise DataError(
+            f"{feed.name}: a value holds {exc.object[exc.start : exc.end]!a}, a lone UTF-16 "
+            "surrogate that Parquet cannot store; the window cannot be archived"
+        ) from exc
+    except pa.ArrowException as exc:
+        raise DataError(f"{feed.name}: an item cannot be converted to Arrow: {exc}") from exc
+
+
+def _items_to_table(feed: Feed, items: Sequence[Mapping[str, Any]]) -> pa.Table:
     table = _typical_table(feed, items)
     if table is not None:
         return table

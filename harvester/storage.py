@@ -18,13 +18,14 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import errno
 import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from harvester.errors import ConfigError, StorageAccessError, StorageError
+from harvester.errors import ConfigError, StorageAccessError, StorageError, StorageFull
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,6 +71,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def check_writable(self) -> None:
         """Prove the lake can be written, leaving nothing behind; raise otherwise."""
+
+    def staging_error(self, exc: OSError, staged: Path) -> StorageError:
+        """The error for ``exc``, raised while writing the staged file ``staged``."""
+        return local_error(exc, staged)
 
     async def discard_stale(self, key: str) -> None:
         """Remove staging leftovers of ``key`` from a process that was killed.
@@ -124,7 +129,7 @@ class LocalStore(Store):
             _fsync_dir(target.parent)
             return StoredFile(key=key, size=target.stat().st_size)
         except OSError as exc:
-            raise _local_error(exc, target) from exc
+            raise local_error(exc, target) from exc
 
     async def put_bytes(self, key: str, data: bytes) -> StoredFile:
         """Write through a dot-file and rename, in one trip to a worker thread."""
@@ -138,7 +143,7 @@ class LocalStore(Store):
             _write(staged, data)
             return self._commit(staged, key)
         except OSError as exc:
-            raise _local_error(exc, target) from exc
+            raise local_error(exc, target) from exc
         finally:
             with contextlib.suppress(OSError):
                 staged.unlink(missing_ok=True)
@@ -150,7 +155,7 @@ class LocalStore(Store):
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise _local_error(exc, self._path(key)) from exc
+            raise local_error(exc, self._path(key)) from exc
 
     async def list_keys(self, prefix: str) -> list[str]:
         """Files under ``prefix``, skipping staging dot-files."""
@@ -171,7 +176,7 @@ class LocalStore(Store):
         try:
             await asyncio.to_thread(self._path(key).unlink, missing_ok=True)
         except OSError as exc:
-            raise _local_error(exc, self._path(key)) from exc
+            raise local_error(exc, self._path(key)) from exc
 
     async def check_writable(self) -> None:
         """Create the root and write, then remove, a probe dot-file."""
@@ -226,9 +231,18 @@ def _fsync_dir(path: Path) -> None:
         _fsync(path)
 
 
-def _local_error(exc: OSError, path: Path) -> StorageError:
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+def local_error(exc: OSError, path: Path, *, where: str = "") -> StorageError:
+    """The storage error for an OSError on ``path``; ``where`` says whose disk it is."""
     if isinstance(exc, PermissionError):
         return StorageAccessError(f"permission denied writing {path}; check --out")
+    if exc.errno in _FULL:
+        return StorageFull(
+            f"no space left writing {path}{where}: {exc.strerror or exc}; free space "
+            "there and run the same command again"
+        )
     return StorageError(f"cannot write {path}: {exc.strerror or exc}")
 
 

@@ -247,6 +247,7 @@ def local_reports(out: Path) -> dict[str, dict[str, Any]]:
 # --- N shards at once on S3 ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_shards_at_once_make_an_exact_lake_and_write_each_object_once(
     sim: Any, s3_bucket: tuple[str, str], fault_proxy: Any, tmp_path: Path
 ) -> None:
@@ -286,6 +287,7 @@ def test_shards_at_once_make_an_exact_lake_and_write_each_object_once(
     ]
 
 
+@pytest.mark.slow
 def test_killed_shard_rerun_alone_completes_the_lake(
     make_sim: Any, s3_bucket: tuple[str, str], fault_proxy: Any, tmp_path: Path
 ) -> None:
@@ -348,6 +350,7 @@ def test_killed_shard_rerun_alone_completes_the_lake(
 # --- uneven splits -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("shards", "feeds", "days"),
     [
@@ -481,13 +484,24 @@ def test_shards_flag_takes_the_index_from_the_scheduler(sim: Any, tmp_path: Path
 def test_shards_flag_without_a_usable_index_is_a_config_error(
     tmp_path: Path, env: dict[str, str], message: str
 ) -> None:
-    """--shards N with no, a too big or a non-numeric index: exit 2 with one clear line."""
-    args = ["plan", "--after", "2024-01-01", "--before", "2024-01-03", "--out", str(tmp_path)]
-    proc = start([*args, "--shards", "3"], tmp_path / "plan.log", env=env)
+    """`run --shards N` with no, a too big or a non-numeric index: exit 2 with one clear line."""
+    args = ["run", "--after", "2024-01-01", "--before", "2024-01-03", "--out", str(tmp_path)]
+    proc = start([*args, "--shards", "3"], tmp_path / "run.log", env=env)
     assert proc.wait() == 2
     output = proc.output()
     assert message in output
     assert "Traceback" not in output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.err", "run.out"]  # no lake
+
+
+def test_plan_shows_every_shards_share_outside_a_job(tmp_path: Path) -> None:
+    """`plan --shards N` needs no job index: it shows all N shares, as the README promises."""
+    args = ["plan", "--after", "2020-01-01", "--before", "2020-01-11", "--out", str(tmp_path)]
+    proc = start([*args, "--shards", "8", "--json"], tmp_path / "plan.log")
+    assert proc.wait() == 0, proc.output()
+    view = json.loads(proc.stdout())
+    assert [s["shard"] for s in view["shards"]] == [f"{i}/8" for i in range(8)]
+    assert sum(s["units"] for s in view["shards"]) == view["units"] == 7 * 10
 
 
 # --- plan shows each shard's share ---------------------------------------------------
