@@ -1,11 +1,12 @@
 # Two commands matter on a fresh machine: `make demo` and `make test`.
-# Each creates .venv and installs the project first.
+# Each creates .venv and installs the project first. `make check` is the quick edit
+# loop (lint, types and the tests not marked slow); `make test` is the full suite CI runs.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint typecheck bench bench-smoke clean
+.PHONY: demo test check lint typecheck bench bench-smoke clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,6 +23,11 @@ test: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
+check: $(STAMP)
+	$(BIN)/ruff check harvester tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q -m "not slow" -n 2
+
 lint: $(STAMP)
 	$(BIN)/ruff check harvester tests benchmarks
 
@@ -31,6 +37,10 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m benchmarks.run --out benchmarks/RESULTS.md --set repeat=3
+
+bench-smoke: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m benchmarks.run --smoke
 
 clean:
 	rm -rf $(VENV) demo-lake .pytest_cache .mypy_cache .ruff_cache

@@ -22,6 +22,8 @@ from harvester.sim.data import DatasetSpec
 from cli import SIM_KEY, cli
 from lakecheck import assert_lake_exact
 
+pytestmark = pytest.mark.slow  # real processes, killed and signalled
+
 FEEDS = ["ips", "domains", "urls", "paths"]
 START, END = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 9, tzinfo=UTC)
 
@@ -100,7 +102,6 @@ def assert_manifest_consistent(out: Path) -> None:
         assert rows == entry["rows"], entry_path
 
 
-@pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_is_exact(make_sim, tmp_path: Path) -> None:
     """Twelve SIGKILLs mid-run, then a final run: the lake equals an uninterrupted harvest."""
     server = make_sim(max_limit=10, dataset=DatasetSpec(seed=5, rows_per_day=90))
@@ -149,7 +150,6 @@ def test_signal_stops_cleanly_and_rerun_finishes(make_sim, tmp_path: Path, signu
     assert_lake_exact(str(out), truth)
 
 
-@pytest.mark.slow
 def test_sigkill_during_s3_uploads_then_resume_is_exact(
     make_sim, s3_bucket: tuple[str, str]
 ) -> None:

@@ -18,6 +18,7 @@ def files_containing(root: Path, needle: bytes) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("auth", ["header", "query"])
 def test_key_never_leaks_even_at_debug_with_faults_and_401(
     make_sim, tmp_path: Path, auth: str
