@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 import structlog
@@ -30,10 +32,13 @@ import structlog
 from harvester import api, logs
 from harvester.cli_support import print_table
 from harvester.config import DEFAULTS, OPTION_TYPES, build_config, load_toml
-from harvester.errors import HarvesterError
+from harvester.errors import ConfigError, HarvesterError
 from harvester.orchestrator import Harvest
 from harvester.report import RunResult, summarise
 from harvester.secret import redact
+
+if TYPE_CHECKING:
+    from harvester.sim.server import ServerOptions
 
 log = structlog.get_logger("harvester")
 
@@ -214,6 +219,17 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--latency", type=float, default=0.0, help="seconds added to each page")
     sim.add_argument("--rate-limit", type=float, help="answer 429 above this many requests/s")
     sim.add_argument("--error-rate", type=float, default=0.0, help="share of 5xx answers")
+    # The options below default to None, so the simulator's dataclasses keep the defaults.
+    add = sim.add_argument
+    add("--max-span", type=_sim_span, help="refuse longer after..before ranges (e.g. 7d, 12h)")
+    add("--max-offset", type=int, help="refuse larger offsets with a 400")
+    add("--item-padding", type=int, help="characters of an extra 'padding' field on each item")
+    add("--insert-while-paging", type=int, metavar="N",
+        help="insert N records at a query's head after each full page at offset > 0")
+    add("--insert-limit", type=int, metavar="N", help="insert at most N records in all")
+    add("--endless-body-rate", type=float, help="share of 200s whose body never ends")
+    add("--trickle-rate", type=float, help="share of 200s sent very slowly")
+    add("--trickle-bytes-per-second", type=float, help="the speed of a trickled body")
     _add_common(sim)
     demo = _sub(
         sub,
@@ -313,19 +329,55 @@ def command_ddl(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sim_span(text: str) -> timedelta:
+    """``--max-span``: a whole number of days, hours, minutes or seconds (``7d``, ``90m``)."""
+    match = re.fullmatch(r"([0-9]+)([dhms])", text.strip())
+    if not match or not int(match[1]):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration; use e.g. 7d, 12h or 90m")
+    return timedelta(seconds=int(match[1]) * {"d": 86400, "h": 3600, "m": 60, "s": 1}[match[2]])
+
+
+def simulator_options(args: argparse.Namespace) -> ServerOptions:
+    """The :class:`~harvester.sim.server.ServerOptions` of ``harvester simulate``'s flags.
+
+    Raises :class:`ConfigError` for values the simulator refuses (a rate above 1 ...).
+    """
+    from harvester.sim.data import DatasetSpec
+    from harvester.sim.server import Faults, ServerOptions
+
+    def given(*names: str) -> dict[str, Any]:
+        return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+    try:
+        return ServerOptions(
+            api_key=args.api_key,
+            dataset=DatasetSpec(
+                seed=args.seed, rows_per_day=args.rows_per_day, **given("item_padding")
+            ),
+            max_limit=args.max_limit,
+            latency=args.latency,
+            faults=Faults(
+                rate_limit=args.rate_limit,
+                error_rate=args.error_rate,
+                **given(
+                    "insert_while_paging",
+                    "insert_limit",
+                    "endless_body_rate",
+                    "trickle_rate",
+                    "trickle_bytes_per_second",
+                ),
+            ),
+            **given("max_span", "max_offset"),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"simulate: {exc}") from exc
+
+
 def command_simulate(args: argparse.Namespace) -> int:
     """``harvester simulate``."""
-    from harvester.sim.data import DatasetSpec
-    from harvester.sim.server import Faults, ServerOptions, serve
+    from harvester.sim.server import serve
 
-    options = ServerOptions(
-        api_key=args.api_key,
-        dataset=DatasetSpec(seed=args.seed, rows_per_day=args.rows_per_day),
-        max_limit=args.max_limit,
-        latency=args.latency,
-        faults=Faults(rate_limit=args.rate_limit, error_rate=args.error_rate),
-    )
-    serve(options, host=args.host, port=args.port)
+    serve(simulator_options(args), host=args.host, port=args.port)
     return 0
 
 

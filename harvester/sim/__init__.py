@@ -3,7 +3,9 @@
 :mod:`harvester.sim.data` generates a seedable dataset of feed items and answers, as
 ground truth, which items a query should return. :mod:`harvester.sim.server` serves
 that dataset over real HTTP with the API's envelope, parameters and errors, and can
-inject the faults a harvester must survive (429, 5xx, drops, truncation, HTML pages).
+inject the faults a harvester must survive (429, 5xx, drops, truncation, HTML pages,
+refused long ranges and deep offsets, records inserted while paging, late records,
+huge pages, bodies that never end or trickle in).
 """
 
 from __future__ import annotations

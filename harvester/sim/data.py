@@ -6,7 +6,17 @@ nor on Python's hash randomisation. Items look like the API's: the common fields
 feed's own fields, now and then a null own field or an undocumented extra field, and
 Unicode, IPv6 and over-long values. Every day with records has records exactly at
 00:00:00 and 23:59:59, at whole hours and quarter hours, and several sharing a second,
-because those are where window and paging bugs hide.
+because those are where window and paging bugs hide. ``DatasetSpec.item_padding`` gives
+every item an undocumented ``padding`` string, to make pages as large as a test needs.
+
+The dataset can also grow after the fact, as the real one does: :meth:`Dataset.add_records`
+adds records to a past day (late arrivals) and :meth:`Dataset.insert_at_head` adds records
+at the newest end of a query's result (what the server's ``insert_while_paging`` fault
+uses). Added records are built by the same generators, from a seed derived from
+``(spec.seed, feed, n)`` for the feed's n-th addition, and stay for good: ``day``,
+``select`` and ``truth`` include them. Among records of the same second, added ones come
+first, the latest addition first, so an addition at the head shifts every later offset.
+``generation`` and ``version(feed)`` change with every addition, for caches built on top.
 """
 
 from __future__ import annotations
@@ -56,6 +66,8 @@ class DatasetSpec:
     and one and a half times it, and about one day in twenty gets none. ``dense_days``
     overrides the count for given days (``"YYYY-MM-DD" -> rows``), e.g. for a benchmark.
     ``now`` stands in for the present when a query gives neither ``after`` nor ``before``.
+    ``item_padding`` > 0 gives every item an undocumented ``"padding"`` string field of
+    that many ASCII characters (so a page's size is about ``limit * item_padding`` bytes).
     """
 
     seed: int = 7
@@ -66,6 +78,7 @@ class DatasetSpec:
     null_rate: float = 0.03
     dense_days: Mapping[str, int] = field(default_factory=dict, hash=False)
     now: datetime = datetime(2026, 1, 1, tzinfo=UTC)
+    item_padding: int = 0
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.feeds) - set(FEEDS))
@@ -73,6 +86,9 @@ class DatasetSpec:
             raise ValueError(f"unknown feeds {unknown}; known: {sorted(FEEDS)}")
         if self.rows_per_day < 0:
             raise ValueError("rows_per_day must be >= 0")
+        padding = self.item_padding
+        if not isinstance(padding, int) or isinstance(padding, bool) or padding < 0:
+            raise ValueError(f"item_padding must be an integer >= 0, not {padding!r}")
         rates = (self.extra_field_rate, self.null_rate, self.mistyped_rate)
         if not all(0.0 <= rate <= 1.0 for rate in rates):
             raise ValueError("extra_field_rate, null_rate and mistyped_rate must be within 0..1")
@@ -89,7 +105,9 @@ class Dataset:
     """The records of a :class:`DatasetSpec`, generated lazily per (feed, UTC day).
 
     Days live in an LRU cache of about ``max_cached_rows`` records and are regenerated,
-    identically, after eviction. Safe to share between the server's thread and tests.
+    identically, after eviction; records added later (:meth:`add_records`,
+    :meth:`insert_at_head`) are kept apart and merged in again. Safe to share between the
+    server's thread and tests.
     """
 
     def __init__(self, spec: DatasetSpec | None = None, *, max_cached_rows: int = 3_000_000):
@@ -98,11 +116,25 @@ class Dataset:
         self._cache: OrderedDict[tuple[str, date], tuple[SimRecord, ...]] = OrderedDict()
         self._cached_rows = 0
         self._lock = threading.Lock()
+        # Added records per (feed, day), the latest addition first; never evicted.
+        self._added: dict[tuple[str, date], list[SimRecord]] = {}
+        self._additions = dict.fromkeys(FEEDS, 0)
+        self._versions = dict.fromkeys(FEEDS, 0)
+        self._generation = 0
 
     @property
     def spec(self) -> DatasetSpec:
         """The spec the records are generated from."""
         return self._spec
+
+    @property
+    def generation(self) -> int:
+        """A counter that grows whenever records are added to any feed."""
+        return self._generation
+
+    def version(self, feed: str) -> int:
+        """A counter that grows whenever records are added to ``feed``."""
+        return self._versions[feed]
 
     def day(self, feed: str, day: date) -> Sequence[SimRecord]:
         """All records of ``feed`` on UTC ``day``, newest first, ties in a fixed order."""
@@ -116,12 +148,154 @@ class Dataset:
                 return cached
         records = _generate(self._spec, feed, day) if feed in self._spec.feeds else ()
         with self._lock:
-            if key not in self._cache:
-                self._cache[key] = records
-                self._cached_rows += len(records)
+            cached = self._cache.get(key)
+            if cached is not None:  # another thread got here first, maybe with additions
+                return cached
+            # Merged under the lock, so an addition made meanwhile is not lost.
+            added = self._added.get(key)
+            if added:
+                records = tuple(sorted((*added, *records), key=_newest_first))
+            self._cache[key] = records
+            self._cached_rows += len(records)
             while self._cached_rows > self._max_rows and len(self._cache) > 1:
                 self._cached_rows -= len(self._cache.popitem(last=False)[1])
         return records
+
+    def add_records(
+        self, feed: str, span: date | tuple[datetime, datetime], count: int
+    ) -> list[dict[str, Any]]:
+        """Add ``count`` records to ``feed`` at random seconds of ``span``; return copies.
+
+        ``span`` is a UTC day or a half-open ``(start, end)`` of aware datetimes. The records
+        look like generated ones (scores of every level, so some fall under the API's
+        default of 80) and stay part of the dataset: late arrivals, for ``--lookback``.
+        """
+        if isinstance(span, datetime) or not isinstance(span, date | tuple):
+            raise ValueError(f"span must be a date or a (start, end) tuple, not {span!r}")
+        if isinstance(span, date):
+            start = datetime(span.year, span.month, span.day, tzinfo=UTC)
+            end = start + _ONE_DAY
+        else:
+            start, end = span
+        if start.tzinfo is None or end.tzinfo is None:
+            raise ValueError("the span's start and end must be timezone-aware")
+        lo, hi = math.ceil(start.timestamp()), math.ceil(end.timestamp()) - 1
+        if lo > hi:
+            raise ValueError(f"the span {start} .. {end} holds no whole second")
+        rng, _ = self._next_addition(feed, count)
+        made = [_fresh(self._spec, feed, rng, lo + int(rng.random() * (hi - lo + 1)))
+                for _ in range(count)]
+        return self._store(feed, made)
+
+    def insert_at_head(
+        self,
+        feed: str,
+        count: int,
+        *,
+        after: datetime | None,
+        before: datetime | None,
+        after_inclusive: bool,
+        before_inclusive: bool,
+        confidence: int = DEFAULT_SCORE,
+        severity: int = DEFAULT_SCORE,
+        ioc: str | None = None,
+        org_only: bool = False,
+        user_only: bool = False,
+        sample: Sequence[str] = (),
+        restrictions: Mapping[str, str] = _NO_RESTRICTIONS,
+    ) -> list[dict[str, Any]]:
+        """Add ``count`` records at the head of this query's result; return copies.
+
+        The query is that of :meth:`select`. Each record's second is drawn between the
+        newest record the query now returns (or the query's first second, if none) and
+        its last second, so every added record comes before all the query returned, and
+        every later offset moves by ``count``. The records pass the query's filters: the
+        scores are drawn at or above its levels, ``ioc`` is the one asked for, and the
+        sample (for ``sample``/``org_only``/``user_only``) and the feed's own fields (for a
+        restriction) are those of a random record the query returns. Nothing is added
+        when the range holds no second.
+        """
+        lo, hi = _span(after, before, after_inclusive, before_inclusive, self._spec.now)
+        rng, n = self._next_addition(feed, count)
+        if lo > hi or n == 0:
+            return []
+        current = self.select(
+            feed,
+            after=after,
+            before=before,
+            after_inclusive=after_inclusive,
+            before_inclusive=before_inclusive,
+            confidence=confidence,
+            severity=severity,
+            ioc=ioc,
+            org_only=org_only,
+            user_only=user_only,
+            sample=sample,
+            restrictions=restrictions,
+        )
+        first = max(lo, current[0].ts) if current else lo
+        own = [name for name, _ in FEEDS[feed].own] if restrictions and current else None
+        same_sample = bool((sample or org_only or user_only) and current)
+        want = _Wanted(
+            confidence=confidence,
+            severity=severity,
+            ioc=ioc,
+            match=restriction_matcher(feed, restrictions),
+        )
+        made = []
+        for _ in range(n):
+            ts = first + int(rng.random() * (hi - first + 1))
+            like = current[int(rng.random() * len(current))] if current else None
+            made.append(
+                _fresh(
+                    self._spec,
+                    feed,
+                    rng,
+                    ts,
+                    want=want,
+                    like=like,
+                    own=own,
+                    same_sample=same_sample,
+                )
+            )
+        return self._store(feed, made)
+
+    def _next_addition(self, feed: str, count: int) -> tuple[random.Random, int]:
+        """The RNG of the feed's next addition (numbered in call order) and the count."""
+        if feed not in FEEDS:
+            raise ValueError(f"unknown feed {feed!r}")
+        if feed not in self._spec.feeds:
+            raise ValueError(f"feed {feed!r} is not in this dataset's feeds")
+        if not isinstance(count, int) or count < 0:
+            raise ValueError(f"count must be an integer >= 0, not {count!r}")
+        with self._lock:
+            number = self._additions[feed]
+            self._additions[feed] = number + 1
+        seed = hashlib.blake2b(
+            f"{self._spec.seed}|{feed}|added|{number}".encode(), digest_size=16
+        )
+        return random.Random(int.from_bytes(seed.digest(), "big")), count
+
+    def _store(self, feed: str, made: list[SimRecord]) -> list[dict[str, Any]]:
+        """Make ``made`` part of the dataset for good, ahead of everything in its seconds."""
+        if not made:
+            return []
+        made.sort(key=_newest_first)
+        by_day: dict[date, list[SimRecord]] = {}
+        for rec in made:
+            by_day.setdefault(datetime.fromtimestamp(rec.ts, UTC).date(), []).append(rec)
+        with self._lock:
+            for day, records in by_day.items():
+                key = (feed, day)
+                self._added[key] = records + self._added.get(key, [])
+                stale = self._cache.pop(key, None)
+                if stale is not None:
+                    self._cached_rows -= len(stale)
+            # Bumped last, under the lock: whoever sees the new number sees the records.
+            self._versions[feed] += 1
+            self._generation += 1
+        copies: list[dict[str, Any]] = orjson.loads(orjson.dumps([r.item for r in made]))
+        return copies
 
     def warm(self, start: date, end: date, feeds: Iterable[str] | None = None) -> int:
         """Generate the days ``start <= day < end`` ahead of use; return their record count."""
@@ -265,6 +439,21 @@ def _in(net: ipaddress.IPv4Network | ipaddress.IPv6Network, text: Any) -> bool:
         return False
 
 
+def query_bounds(
+    after: datetime | None, before: datetime | None, now: datetime
+) -> tuple[datetime, datetime]:
+    """A query's ``after`` and ``before`` with the API's defaults filled in.
+
+    A missing ``after`` means one day before ``before``; a missing ``before`` one day
+    after ``after``; both missing, the day before ``now``.
+    """
+    if after is None:
+        after = (now if before is None else before) - _ONE_DAY
+    if before is None:
+        before = after + _ONE_DAY
+    return after, before
+
+
 def _span(
     after: datetime | None,
     before: datetime | None,
@@ -273,10 +462,7 @@ def _span(
     now: datetime,
 ) -> tuple[int, int]:
     """The query as a closed range of whole epoch seconds ``[lo, hi]``."""
-    if after is None:
-        after = (now if before is None else before) - _ONE_DAY
-    if before is None:
-        before = after + _ONE_DAY
+    after, before = query_bounds(after, before, now)
     if after.tzinfo is None or before.tzinfo is None:
         raise ValueError("after and before must be timezone-aware")
     start, end = after.timestamp(), before.timestamp()
@@ -343,7 +529,93 @@ def _build(spec: DatasetSpec, feed: str, day: date) -> tuple[SimRecord, ...]:
         if mistyped and rng.random() < mistyped:
             _mistype(rng, item)
         records.append(new(SimRecord, (base + second, item, org, user)))
+    if spec.item_padding:
+        # Afterwards, not in the loop: no cost per record when there is no padding.
+        pad = _padding(spec.item_padding)
+        for rec in records:
+            rec.item["padding"] = pad
     return tuple(records)
+
+
+def _newest_first(rec: SimRecord) -> int:
+    return -rec.ts
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Wanted:
+    """The filters an added record must pass: score levels, ``ioc`` and restrictions."""
+
+    confidence: int = 0
+    severity: int = 0
+    ioc: str | None = None
+    match: Callable[[Mapping[str, Any]], bool] | None = None
+
+    def passes(self, item: Mapping[str, Any]) -> bool:
+        """True if ``item`` passes the scores and restrictions (as ``select`` judges)."""
+        scores = _num(item["confidence"]) >= self.confidence
+        scores = scores and _num(item["severity"]) >= self.severity
+        return scores and (self.match is None or self.match(item))
+
+
+_ANY = _Wanted()
+
+
+def _fresh(
+    spec: DatasetSpec,
+    feed: str,
+    rng: random.Random,
+    ts: int,
+    *,
+    want: _Wanted = _ANY,
+    like: SimRecord | None = None,
+    own: Sequence[str] | None = None,
+    same_sample: bool = False,
+) -> SimRecord:
+    """One record at epoch second ``ts``, built as :func:`_build` builds them.
+
+    It passes ``want``. ``own`` names fields copied from ``like`` rather than generated (a
+    restricted query's records all match it); ``same_sample`` takes ``like``'s sample too.
+    """
+    if like is not None and own is not None:
+        item = {name: like.item[name] for name in own if name in like.item}
+    else:
+        item = _OWN[feed](rng)
+    if like is not None and same_sample:
+        sample_id = like.item["sample_id"]
+        sample_sha = like.item.get("sample_sha256") or f"{rng.getrandbits(256):064x}"
+        org, user = like.org, like.user
+    else:
+        sample_id, sample_sha = f"{rng.getrandbits(128):032x}", f"{rng.getrandbits(256):064x}"
+        org = rng.random() < 0.3
+        user = org and rng.random() < 0.4
+    item["timestamp"] = datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    item["ioc"] = want.ioc if want.ioc is not None else _pick(rng, _IOCS)
+    item["confidence"] = _pick(rng, [s for s in _SCORES if s >= want.confidence])
+    item["severity"] = _pick(rng, [s for s in _SCORES if s >= want.severity])
+    item["sample_id"] = sample_id
+    if feed != "artifacts":
+        item["sample_sha256"] = sample_sha
+    odds = rng.random()
+    if odds < spec.null_rate and own is None:  # a copied field stays as the query matched it
+        item[_pick(rng, _NULLABLE[feed])] = None
+    elif odds >= 1.0 - spec.extra_field_rate:
+        name, value = _extra_field(rng)
+        item[name] = value
+    if spec.mistyped_rate and rng.random() < spec.mistyped_rate:
+        mistyped = dict(item)
+        _mistype(rng, mistyped)
+        if want.passes(mistyped):  # e.g. confidence=True would fall under the query's level
+            item = mistyped
+    if spec.item_padding:
+        item["padding"] = _padding(spec.item_padding)
+    return SimRecord(ts, item, org, user)
+
+
+@cache
+def _padding(size: int) -> str:
+    """``size`` ASCII characters, one shared string (items are never mutated)."""
+    text = "padding-0123456789-abcdefghijklmnopqrstuvwxyz-"
+    return (text * (size // len(text) + 1))[:size]
 
 
 def _seconds(rng: random.Random, count: int) -> list[int]:

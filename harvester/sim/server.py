@@ -5,8 +5,13 @@
 dates, no unknown parameters), and pages newest first through ``Dataset.select`` in the
 documented envelope. :class:`Faults` injects what a harvester must survive: 429 with
 ``Retry-After``, 5xx, HTML pages, dropped connections, truncated bodies, envelopes
-without items, slow pages and a server that ignores ``offset``. ``GET /_sim/stats`` and
-``POST /_sim/reset-stats`` (no auth) expose the counters.
+without items, slow pages, a server that ignores ``offset``, records inserted at the head
+of a query while it is paged, bodies that never end and bodies that trickle in.
+:class:`ServerOptions` can also refuse, with a 400, time ranges longer than ``max_span``
+and offsets deeper than ``max_offset`` (limits nobody documents for the real API).
+Records added to the dataset while the server runs (``add_records``, or the insert fault)
+are served at once: the server's caches of a feed are dropped when its records change.
+``GET /_sim/stats`` and ``POST /_sim/reset-stats`` (no auth) expose the counters.
 
 Run it as :class:`Simulator` (async context manager), :class:`SimulatorThread` (own
 thread and loop, for tests and the demo) or :func:`serve` (blocking, for the CLI).
@@ -27,7 +32,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from types import MappingProxyType, TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -36,7 +41,7 @@ import structlog
 from aiohttp import web
 
 from harvester.schemas import FEEDS
-from harvester.sim.data import DEFAULT_SCORE, Dataset, DatasetSpec
+from harvester.sim.data import DEFAULT_SCORE, Dataset, DatasetSpec, query_bounds
 from harvester.windows import API_FORMAT
 
 FEED_PATH = "/api/v2/iocs/feeds/{feed}"
@@ -60,6 +65,7 @@ _HTML = (
     b"<body><h1>Bad Gateway</h1><p>The upstream server is unavailable.</p></body></html>"
 )
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+_STREAM_CHUNK = 64 * 1024  # bytes per write of an endless body
 _K = TypeVar("_K")
 _V = TypeVar("_V")
 
@@ -69,10 +75,22 @@ class Faults:
     """Misbehaviour to inject, drawn from a RNG seeded with ``seed``.
 
     ``rate_limit`` (requests/s, token bucket with a burst of one second) answers 429 with
-    ``Retry-After``. ``error_rate``, ``drop_rate``, ``truncate_rate``, ``html_rate`` and
-    ``missing_items_rate`` exclude each other per request, so their sum must be <= 1;
-    ``slow_rate`` is drawn on its own. Only ``faulty_feeds`` are affected (all if empty);
-    ``fail_always`` feeds answer every valid request with 503.
+    ``Retry-After``. ``error_rate``, ``drop_rate``, ``truncate_rate``, ``html_rate``,
+    ``missing_items_rate``, ``endless_body_rate`` and ``trickle_rate`` exclude each other
+    per request, so their sum must be <= 1; ``slow_rate`` is drawn on its own. Only
+    ``faulty_feeds`` are affected (all if empty); ``fail_always`` feeds answer every valid
+    request with 503.
+
+    ``endless_body_rate``: a 200 whose chunked body (no Content-Length) is the page's
+    envelope up to ``"items":[`` followed by the page's items, repeated forever, until the
+    client hangs up. ``trickle_rate``: the page's valid 200 body, with its Content-Length,
+    sent at ``trickle_bytes_per_second``, so a client's total timeout fires mid-body.
+
+    ``insert_while_paging`` > 0: after each full page served at an offset > 0 (a page
+    with a next one to ask for), that many new records are added to the dataset at the
+    head of the page's query (:meth:`~harvester.sim.data.Dataset.insert_at_head`), so
+    every later offset shifts; at most ``insert_limit`` records over the server's life
+    (``reset_stats`` does not renew it), so runs end.
     """
 
     seed: int = 1
@@ -87,6 +105,11 @@ class Faults:
     repeat_pages: bool = False
     faulty_feeds: tuple[str, ...] = ()
     fail_always: tuple[str, ...] = ()
+    endless_body_rate: float = 0.0
+    trickle_rate: float = 0.0
+    trickle_bytes_per_second: float = 1000.0
+    insert_while_paging: int = 0
+    insert_limit: int = 1000
 
     def __post_init__(self) -> None:
         if self.rate_limit is not None and self.rate_limit <= 0:
@@ -97,6 +120,14 @@ class Faults:
         unknown = sorted(set(self.faulty_feeds + self.fail_always) - set(FEEDS))
         if unknown:
             raise ValueError(f"unknown feeds {unknown}")
+        if not self.trickle_bytes_per_second > 0:
+            raise ValueError(
+                f"trickle_bytes_per_second must be > 0, not {self.trickle_bytes_per_second!r}"
+            )
+        for name in ("insert_while_paging", "insert_limit"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, not {value!r}")
 
     def exclusive(self) -> tuple[tuple[str, float], ...]:
         """The mutually exclusive fault kinds and their probabilities, in drawing order."""
@@ -106,12 +137,20 @@ class Faults:
             ("truncate", self.truncate_rate),
             ("html", self.html_rate),
             ("missing_items", self.missing_items_rate),
+            ("endless_body", self.endless_body_rate),
+            ("trickle", self.trickle_rate),
         )
 
 
 @dataclass(frozen=True, kw_only=True)
 class ServerOptions:
-    """How the simulated API behaves. ``limit`` is clamped to ``max_limit``."""
+    """How the simulated API behaves. ``limit`` is clamped to ``max_limit``.
+
+    ``max_span``: a request whose ``before - after`` (after the API's defaults for a
+    missing bound) is longer gets a 400, "The requested time range is too long; ...".
+    ``max_offset``: a request whose ``offset`` is larger gets a 400. Both are off (None)
+    by default; the real API's limits, if any, are undocumented.
+    """
 
     api_key: str = "sim-key"
     dataset: DatasetSpec = field(default_factory=DatasetSpec)
@@ -121,6 +160,16 @@ class ServerOptions:
     before_inclusive: bool = False
     latency: float = 0.0
     faults: Faults = field(default_factory=Faults)
+    max_span: timedelta | None = None
+    max_offset: int | None = None
+
+    def __post_init__(self) -> None:
+        span = self.max_span
+        if span is not None and (not isinstance(span, timedelta) or span <= timedelta(0)):
+            raise ValueError(f"max_span must be a positive timedelta or None, not {span!r}")
+        deep = self.max_offset
+        if deep is not None and (not isinstance(deep, int) or isinstance(deep, bool) or deep < 0):
+            raise ValueError(f"max_offset must be an integer >= 0 or None, not {deep!r}")
 
 
 @dataclass(kw_only=True)
@@ -129,7 +178,10 @@ class SimStats:
 
     ``faults`` counts injected faults by kind: ``error``, ``drop``, ``truncate``, ``html``,
     ``missing_items``, ``slow``, ``repeat_pages`` (pages served from offset 0 instead of
-    the one asked for) and ``fail_always``. A dropped connection has no status.
+    the one asked for), ``fail_always``, ``endless_body``, ``trickle``, ``insert`` (pages
+    after which records were inserted; ``rows_inserted`` counts the records), and the
+    400s of the options ``max_span`` and ``max_offset``. A dropped connection has no
+    status. ``rows_served`` counts the rows of complete pages only.
     """
 
     requests: int = 0
@@ -138,6 +190,7 @@ class SimStats:
     rate_limited: int = 0
     faults: dict[str, int] = field(default_factory=dict)
     rows_served: int = 0
+    rows_inserted: int = 0
 
     def as_json(self) -> dict[str, Any]:
         """The counters as JSON-ready data (status codes become string keys)."""
@@ -163,6 +216,11 @@ class _LRU(Generic[_K, _V]):
         while self._used > self._budget and len(self._data) > 1:
             self._used -= self._size(self._data.popitem(last=False)[1])
 
+    def drop(self, stale: Callable[[_K], bool]) -> None:
+        """Forget every entry whose key is ``stale``."""
+        for key in [key for key in self._data if stale(key)]:
+            self._used -= self._size(self._data.pop(key))
+
 
 class _BadRequest(Exception):
     """A parameter is invalid; the message goes into the 400 envelope."""
@@ -181,6 +239,14 @@ class _Service:
         self._tokens, self._stamp = max(1.0, options.faults.rate_limit or 1.0), time.monotonic()
         self._selections: _LRU[_Query, list[dict[str, Any]]] = _LRU(5_000_000, len)
         self._pages: _LRU[tuple[Any, ...], bytes] = _LRU(256 * 2**20, len)
+        # What the caches were built from: compared once per request, purged on change.
+        self._generation = dataset.generation
+        self._versions = {feed: dataset.version(feed) for feed in FEEDS}
+        # Records the insert fault may still add; 0 when it is off, so a plain page pays
+        # one truth test for it.
+        faults = options.faults
+        self._insert_budget = faults.insert_limit if faults.insert_while_paging else 0
+        self.open_streams = 0  # endless or trickling bodies still being sent
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -219,6 +285,8 @@ class _Service:
             return self._error(401, "Unauthorized API request.")
         if feed not in FEEDS:
             return self._error(404, f"Unknown IOC feed '{feed}'.")
+        if self.dataset.generation != self._generation:
+            self._forget_changed_feeds()
         try:
             query, offset, limit = self._parse(feed, request.query)
             items = self._select(query)
@@ -229,8 +297,8 @@ class _Service:
             return self._error(503, "Service temporarily unavailable.")
         if self.options.latency:
             await asyncio.sleep(self.options.latency)
-        start = offset
-        if not faults.faulty_feeds or feed in faults.faulty_feeds:
+        start, faulty = offset, not faults.faulty_feeds or feed in faults.faulty_feeds
+        if faulty:
             if faults.repeat_pages and offset:
                 self._count("repeat_pages")
                 start = 0
@@ -241,9 +309,14 @@ class _Service:
             if kind is not None:
                 self._count(kind)
                 body = self._page(query, items, offset, offset, limit)
-                return await self._misbehave(kind, request, body, offset, limit)
-        self.stats.rows_served += len(items[start : start + limit])
-        return _json(200, self._page(query, items, offset, start, limit))
+                page = items[offset : offset + limit]
+                return await self._misbehave(kind, request, body, page, offset, limit)
+        served = len(items[start : start + limit])
+        self.stats.rows_served += served
+        body = self._page(query, items, offset, start, limit)
+        if self._insert_budget and faulty and offset and served == limit:
+            self._insert_at_head(query)  # before the next request: every later offset shifts
+        return _json(200, body)
 
     def _parse(self, feed: str, query: Mapping[str, str]) -> tuple[_Query, int, int]:
         """Validate the parameters; return the query key, the offset and the applied limit."""
@@ -268,6 +341,15 @@ class _Service:
         flags = [_flag(params, n) for n in ("org_only", "user_only")]
         samples = tuple(sorted({s for s in params.get("sample", "").split(",") if s}))
         restrictions = tuple(sorted((k, v) for k, v in params.items() if k in allowed))
+        if self.options.max_offset is not None and offset > self.options.max_offset:
+            self._count("max_offset")
+            raise _BadRequest(
+                f"Invalid value for 'offset': {offset}; offsets above "
+                f"{self.options.max_offset} are not supported. Narrow the time range "
+                "with 'after' and 'before' instead."
+            )
+        if self.options.max_span is not None:
+            self._check_span(params.get("after"), params.get("before"), self.options.max_span)
         query_key = (
             feed,
             params.get("after"),
@@ -279,6 +361,55 @@ class _Service:
             restrictions,
         )
         return query_key, offset, min(limit, self.options.max_limit)
+
+    def _check_span(self, after: str | None, before: str | None, most: timedelta) -> None:
+        """Refuse a range longer than ``most`` (the dates are already valid)."""
+        start, end = query_bounds(_instant(after), _instant(before), self.options.dataset.now)
+        if end - start > most:
+            self._count("max_span")
+            raise _BadRequest(
+                f"The requested time range is too long; from {start.strftime(API_FORMAT)} "
+                f"to {end.strftime(API_FORMAT)} is {_duration(end - start)}, at most "
+                f"{_duration(most)} is allowed. Split it into shorter ranges."
+            )
+
+    def _forget_changed_feeds(self) -> None:
+        """Drop the cached selections and pages of every feed whose records changed."""
+        # Read before the versions: a change made meanwhile is seen by the next request.
+        self._generation = self.dataset.generation
+        changed = set()
+        for feed, seen in self._versions.items():
+            version = self.dataset.version(feed)
+            if version != seen:
+                self._versions[feed] = version
+                changed.add(feed)
+        if changed:
+            self._selections.drop(lambda query: query[0] in changed)
+            self._pages.drop(lambda key: key[0][0] in changed)
+
+    def _insert_at_head(self, query: _Query) -> None:
+        """The insert fault: add records at the head of ``query`` for the next page."""
+        count = min(self.options.faults.insert_while_paging, self._insert_budget)
+        feed, after, before, confidence, severity, ioc, org, user, samples, restr = query
+        added = self.dataset.insert_at_head(
+            feed,
+            count,
+            after=_instant(after),
+            before=_instant(before),
+            after_inclusive=self.options.after_inclusive,
+            before_inclusive=self.options.before_inclusive,
+            confidence=confidence,
+            severity=severity,
+            ioc=ioc,
+            org_only=org,
+            user_only=user,
+            sample=samples,
+            restrictions=dict(restr),
+        )
+        self._insert_budget -= len(added)
+        if added:
+            self._count("insert")
+            self.stats.rows_inserted += len(added)
 
     def _select(self, query: _Query) -> list[dict[str, Any]]:
         items = self._selections.get(query)
@@ -331,8 +462,18 @@ class _Service:
         return None
 
     async def _misbehave(
-        self, kind: str, request: web.Request, body: bytes, offset: int, limit: int
+        self,
+        kind: str,
+        request: web.Request,
+        body: bytes,
+        page: list[dict[str, Any]],
+        offset: int,
+        limit: int,
     ) -> web.StreamResponse | None:
+        if kind == "endless_body":
+            return await self._endless(request, page, offset, limit)
+        if kind == "trickle":
+            return await self._trickle(request, body, len(page))
         if kind == "error":
             status = self._rng.choice((500, 502, 503))
             if status == 502:
@@ -359,6 +500,56 @@ class _Service:
         transport.close()
         return response
 
+    async def _endless(
+        self, request: web.Request, page: list[dict[str, Any]], offset: int, limit: int
+    ) -> web.StreamResponse:
+        """A 200 whose JSON never ends: the envelope's head, then the page's items forever."""
+        head = b'{"api_version":2,"id":%d,"data":{"index":%d,"current_item_count":%d,' % (
+            next(self._ids),
+            offset,
+            len(page),
+        )
+        head += b'"items_per_page":%d,"items":[' % limit
+        # Items and commas, so the body stays a valid JSON prefix however much is read.
+        unit = orjson.dumps(page)[1:-1] + b"," if page else b" "
+        chunk = unit * max(1, _STREAM_CHUNK // len(unit))
+        response = web.StreamResponse(headers={"Content-Type": JSON_TYPE})
+        response.enable_chunked_encoding()
+        self.open_streams += 1
+        try:
+            await response.prepare(request)
+            await response.write(head)
+            while True:
+                # write() waits while the client is not reading; sleep(0) lets the loop
+                # serve others and notice a hang-up even when the client keeps up.
+                await response.write(chunk)
+                await asyncio.sleep(0)
+        except ConnectionError:  # the client hung up: the only way this ends
+            return response
+        finally:
+            self.open_streams -= 1
+
+    async def _trickle(self, request: web.Request, body: bytes, rows: int) -> web.StreamResponse:
+        """The valid page, Content-Length and all, at ``trickle_bytes_per_second``."""
+        rate = self.options.faults.trickle_bytes_per_second
+        step = max(1, math.ceil(rate / 20))  # about 20 writes a second
+        response = web.StreamResponse(headers={"Content-Type": JSON_TYPE})
+        response.content_length = len(body)
+        self.open_streams += 1
+        try:
+            await response.prepare(request)
+            for at in range(0, len(body), step):
+                if at:
+                    await asyncio.sleep(step / rate)
+                await response.write(body[at : at + step])
+            await response.write_eof()
+            self.stats.rows_served += rows
+        except ConnectionError:  # the client gave up waiting
+            pass
+        finally:
+            self.open_streams -= 1
+        return response
+
     def _take_token(self) -> float:
         """0 if the token bucket lets a request pass now, else the seconds until it would."""
         rate = self.options.faults.rate_limit
@@ -382,6 +573,15 @@ class _Service:
         error = {"message": message, "code": status, "errors": [detail]}
         body = orjson.dumps({"api_version": 2, "id": next(self._ids), "error": error})
         return _json(status, body, headers)
+
+
+def _duration(span: timedelta) -> str:
+    """``14d``, ``36h``, ``90m`` or ``61s``: the largest unit that divides ``span``."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        step = timedelta(seconds=size)
+        if span and not span % step:
+            return f"{span // step}{unit}"
+    return f"{span.total_seconds():g}s"
 
 
 def _json(status: int, body: bytes, headers: Mapping[str, str] = _NO_HEADERS) -> web.Response:
@@ -459,6 +659,17 @@ class Simulator:
         """Zero the counters."""
         self._service.stats = SimStats()
 
+    @property
+    def open_streams(self) -> int:
+        """Endless or trickling bodies still being sent (0 once their clients hung up)."""
+        return self._service.open_streams
+
+    def add_records(
+        self, feed: str, span: date | tuple[datetime, datetime], count: int
+    ) -> list[dict[str, Any]]:
+        """Late records: :meth:`~harvester.sim.data.Dataset.add_records`, served at once."""
+        return self.dataset.add_records(feed, span, count)
+
     async def start(self) -> None:
         """Bind and start listening."""
         if self._runner is not None:
@@ -535,6 +746,20 @@ class SimulatorThread:
     def reset_stats(self) -> None:
         """Zero the counters."""
         self._on_loop(self._sim.reset_stats)
+
+    @property
+    def open_streams(self) -> int:
+        """Endless or trickling bodies still being sent, read on the server's loop."""
+        return self._on_loop(lambda: self._sim.open_streams)
+
+    def add_records(
+        self, feed: str, span: date | tuple[datetime, datetime], count: int
+    ) -> list[dict[str, Any]]:
+        """Late records: :meth:`~harvester.sim.data.Dataset.add_records`, served at once.
+
+        Thread-safe; the server drops its cached pages of ``feed`` before its next answer.
+        """
+        return self._sim.add_records(feed, span, count)
 
     def start(self) -> None:
         """Start the thread; return once the server listens, or raise why it could not."""
