@@ -21,7 +21,8 @@ contains the API key.
     ├── DataError                a record that cannot be placed in the lake
     ├── StorageError             the lake could not be written
     │   ├── StorageAccessError   denied, no bucket, bad credentials           exit 4
-    │   └── TransientStorageError  S3 5xx, SlowDown, reset: retried
+    │   ├── TransientStorageError  S3 5xx, SlowDown, reset: retried
+    │   └── CatalogError         Glue said no: denied, credentials, no database  exit 4
     └── Interrupted              SIGINT/SIGTERM stopped the run               exit 130
 """
 
@@ -108,6 +109,15 @@ class StorageAccessError(StorageError):
 
 class TransientStorageError(StorageError):
     """An S3 hiccup (5xx, SlowDown, reset) that is retried."""
+
+
+class CatalogError(StorageError):
+    """The AWS Glue Data Catalog refused or failed a call (``harvester catalog``).
+
+    Denied access, missing or refused credentials, a database that does not exist (with
+    ``--no-create-database``), an unreachable endpoint: the lake's tables cannot be
+    registered, which is the lake not being writable, hence exit 4.
+    """
 
 
 class Interrupted(HarvesterError):
