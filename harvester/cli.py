@@ -9,7 +9,8 @@ traceback. Exit codes:
     1   some windows failed; running the same command again finishes them
     2   bad input: flags, config file, environment
     3   the API refused the key (401/403)
-    4   the lake cannot be written (permissions, missing bucket, credentials)
+    4   the lake or its Glue tables cannot be written (permissions, missing bucket or
+        Glue database, credentials)
     5   the API cannot be reached at --base-url
     70  an internal error (a bug): please report it
     130 interrupted by SIGINT/SIGTERM; running the same command again resumes
@@ -203,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     catalog.add_argument(
         "--since",
+        metavar="YYYY-MM-DD",
         default=DEFAULT_SINCE,
         help=f"first dt for partition projection (default {DEFAULT_SINCE})",
     )

@@ -3,8 +3,9 @@
 Each feed becomes one Glue table, rendered from the same :class:`~harvester.ddl.TableSpec`
 as ``harvester ddl --engine athena``: the same columns and types, ``dt`` as the partition
 key, the same location and partition-projection properties, Parquet's SerDe and formats,
-``EXTERNAL_TABLE`` with ``EXTERNAL=TRUE`` and ``classification=parquet``. Athena, Spark
-on EMR and Glue jobs then see the tables without a crawler and without DDL.
+``EXTERNAL_TABLE`` with ``EXTERNAL=TRUE`` and ``classification=parquet``. Athena then
+queries the tables without a crawler and without DDL (partition projection is Athena's:
+engines that read partitions from the catalog, such as Spark, see none).
 
 Running it again is a no-op: each table is read first and only written when what Glue
 holds differs from what it should hold (a new column in a feed, another ``--since``,
@@ -242,42 +243,51 @@ class _Glue:
     def ensure_database(self, name: str, *, create: bool) -> Action:
         """``unchanged`` if database ``name`` exists; else create it (or refuse)."""
         what = f"database {name!r}"
-        try:
-            self._call("glue:GetDatabase", f"reading {what}", self._client.get_database, Name=name)
+        held = self._call(
+            "glue:GetDatabase",
+            f"reading {what}",
+            self._client.get_database,
+            expected="EntityNotFoundException",
+            Name=name,
+        )
+        if held is not None:
             return "unchanged"
-        except _NotFound as exc:
-            if not create:
-                raise CatalogError(
-                    f"Glue {what} does not exist; create it, or drop --no-create-database"
-                ) from exc
-        try:
-            self._call(
-                "glue:CreateDatabase",
-                f"creating {what}",
-                self._client.create_database,
-                DatabaseInput={"Name": name},
+        if not create:
+            raise CatalogError(
+                f"Glue {what} does not exist; create it, or drop --no-create-database"
             )
-        except _AlreadyExists:
-            return "unchanged"  # created meanwhile, e.g. by another shard's run
-        return "created"
+        created = self._call(
+            "glue:CreateDatabase",
+            f"creating {what}",
+            self._client.create_database,
+            expected="AlreadyExistsException",  # created meanwhile, e.g. by another shard
+            DatabaseInput={"Name": name},
+        )
+        return "unchanged" if created is None else "created"
 
     def sync_table(self, database: str, desired: Mapping[str, Any]) -> Action:
         """Create table ``desired`` in ``database``, or update it when Glue's differs."""
         name = desired["Name"]
-        plan = plan_table(desired, self._table(database, name))
-        if plan.action == "created":
-            try:
-                self._call(
-                    "glue:CreateTable",
-                    f"creating table {database}.{name}",
-                    self._client.create_table,
-                    DatabaseName=database,
-                    TableInput=plan.table_input,
-                )
+        held = self._table(database, name)
+        if held is None:
+            created = self._call(
+                "glue:CreateTable",
+                f"creating table {database}.{name}",
+                self._client.create_table,
+                expected="AlreadyExistsException",
+                DatabaseName=database,
+                TableInput=desired,
+            )
+            if created is not None:
                 return "created"
-            except _AlreadyExists:  # created meanwhile: compare with that one
-                plan = plan_table(desired, self._table(database, name))
-        if plan.action == "updated":
+            held = self._table(database, name)  # created meanwhile: compare with that one
+            if held is None:
+                raise CatalogError(
+                    f"Glue table {database}.{name} was created and dropped by someone else "
+                    "while this ran; run it again"
+                )
+        plan = plan_table(desired, held)
+        if plan.table_input is not None:
             self._call(
                 "glue:UpdateTable",
                 f"updating table {database}.{name}",
@@ -292,39 +302,37 @@ class _Glue:
         self._client.close()
 
     def _table(self, database: str, name: str) -> dict[str, Any] | None:
-        try:
-            reply = self._call(
-                "glue:GetTable",
-                f"reading table {database}.{name}",
-                self._client.get_table,
-                DatabaseName=database,
-                Name=name,
-            )
-        except _NotFound:
-            return None
-        table: dict[str, Any] = reply["Table"]
-        return table
+        reply = self._call(
+            "glue:GetTable",
+            f"reading table {database}.{name}",
+            self._client.get_table,
+            expected="EntityNotFoundException",
+            DatabaseName=database,
+            Name=name,
+        )
+        return None if reply is None else dict(reply["Table"])
 
-    def _call(self, permission: str, doing: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
+    def _call(
+        self,
+        permission: str,
+        doing: str,
+        fn: Callable[..., Any],
+        *,
+        expected: str = "",
+        **kwargs: Any,
+    ) -> Any:
+        """``fn(**kwargs)``'s reply, or ``None`` when Glue answers the ``expected`` error code.
+
+        ``permission`` (the IAM action) and ``doing`` are for the error message.
+        """
         try:
             return fn(**kwargs)
         except ClientError as exc:
-            code, _ = _code_and_message(exc)
-            if code == "EntityNotFoundException":
-                raise _NotFound from exc
-            if code == "AlreadyExistsException":
-                raise _AlreadyExists from exc
+            if expected and _code_and_message(exc)[0] == expected:
+                return None
             raise _error(exc, doing, permission, self._client.meta.endpoint_url) from exc
         except BotoCoreError as exc:
             raise _error(exc, doing, permission, self._client.meta.endpoint_url) from exc
-
-
-class _NotFound(Exception):
-    """Glue's EntityNotFoundException: an expected answer, not an error."""
-
-
-class _AlreadyExists(Exception):
-    """Glue's AlreadyExistsException: someone created it between our read and write."""
 
 
 def _error(exc: Exception, doing: str, permission: str, endpoint: str) -> CatalogError:

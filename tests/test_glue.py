@@ -19,6 +19,7 @@ import boto3
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from botocore.exceptions import EndpointConnectionError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -385,12 +386,15 @@ def test_refused_credentials_exit_4(s3_server: str, database: str) -> None:
     assert "Glue refused the AWS credentials (InvalidClientTokenId)" in one_line_error(done)
 
 
-def test_a_glue_error_in_process_is_a_catalog_error(s3_server: str, database: str) -> None:
-    """`register` raises CatalogError (exit 4) for a missing database it may not create."""
-    with pytest.raises(CatalogError, match="does not exist") as caught:
-        register(OUT, database=database, create_database=False, endpoint_url=s3_server)
+def test_botocore_errors_are_mapped_with_their_cause(
+    s3_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In process, a Glue failure is a CatalogError (exit 4) raised from botocore's error."""
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    with pytest.raises(CatalogError, match=r"cannot reach Glue at http://127\.0\.0\.1:9") as caught:
+        register(OUT, database="tg", endpoint_url="http://127.0.0.1:9")
     assert caught.value.exit_code == 4
-    assert isinstance(caught.value.__cause__, Exception)  # mapped with raise ... from
+    assert isinstance(caught.value.__cause__, EndpointConnectionError)
 
 
 # ---- planning, pure --------------------------------------------------------------------
