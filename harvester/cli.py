@@ -1,4 +1,4 @@
-"""The command line: ``harvester run | simulate | demo``.
+"""The command line: ``harvester run | plan | status | ddl | catalog | simulate | demo``.
 
 This is the only module that configures logging, reads the environment for the API
 key, installs signal handlers and turns errors into exit codes. Every error the
@@ -9,7 +9,8 @@ traceback. Exit codes:
     1   some windows failed; running the same command again finishes them
     2   bad input: flags, config file, environment
     3   the API refused the key (401/403)
-    4   the lake cannot be written (permissions, missing bucket, credentials)
+    4   the lake or its Glue tables cannot be written (permissions, missing bucket or
+        Glue database, credentials)
     5   the API cannot be reached at --base-url
     70  an internal error (a bug): please report it
     130 interrupted by SIGINT/SIGTERM; running the same command again resumes
@@ -32,6 +33,7 @@ import structlog
 from harvester import api, logs
 from harvester.cli_support import print_table
 from harvester.config import DEFAULTS, OPTION_TYPES, build_config, load_toml
+from harvester.ddl import DEFAULT_DATABASE, DEFAULT_SINCE
 from harvester.errors import ConfigError, HarvesterError
 from harvester.orchestrator import Harvest
 from harvester.report import RunResult, summarise
@@ -159,6 +161,15 @@ DDL_EXAMPLES = """examples:
   harvester ddl --out s3://bucket/tg --engine athena --database threatgrid > tables.sql
   harvester ddl --out ./lake --engine duckdb | duckdb lake.duckdb
 """
+CATALOG_EXAMPLES = """examples:
+  harvester catalog --out s3://bucket/tg --glue-database threatgrid
+  harvester catalog --out s3://bucket/tg --glue-database threatgrid --no-create-database --json
+  AWS_REGION=eu-west-1 harvester catalog --out s3://bucket/tg --glue-database tg --since 2020-01-01
+
+Running it again changes nothing; a table is updated only when it differs (e.g. a feed
+gained a column). Needs glue:GetDatabase, glue:CreateDatabase, glue:GetTable,
+glue:CreateTable and glue:UpdateTable.
+"""
 
 
 def _sub(sub: Any, name: str, summary: str, examples: str) -> argparse.ArgumentParser:
@@ -195,14 +206,44 @@ def build_parser() -> argparse.ArgumentParser:
     ddl.add_argument("--out", required=True, metavar="DIR|s3://BUCKET/PREFIX")
     ddl.add_argument("--engine", required=True, choices=("athena", "duckdb"))
     ddl.add_argument(
-        "--database", default="threatgrid", help="Athena database (default threatgrid)"
+        "--database",
+        default=DEFAULT_DATABASE,
+        help=f"Athena database (default {DEFAULT_DATABASE})",
     )
     ddl.add_argument(
         "--since",
-        default="2013-01-01",
-        help="first dt for Athena partition projection (default 2013-01-01)",
+        default=DEFAULT_SINCE,
+        help=f"first dt for Athena partition projection (default {DEFAULT_SINCE})",
     )
     _add_common(ddl)
+    catalog = _sub(
+        sub,
+        "catalog",
+        "register the lake's tables in the AWS Glue Data Catalog (as ddl --engine athena)",
+        CATALOG_EXAMPLES,
+    )
+    catalog.add_argument("--out", required=True, metavar="s3://BUCKET/PREFIX")
+    catalog.add_argument(
+        "--glue-database", required=True, metavar="NAME", help="Glue database of the tables"
+    )
+    catalog.add_argument(
+        "--since",
+        metavar="YYYY-MM-DD",
+        default=DEFAULT_SINCE,
+        help=f"first dt for partition projection (default {DEFAULT_SINCE})",
+    )
+    catalog.add_argument(
+        "--no-create-database",
+        action="store_true",
+        help="refuse (exit 4) instead of creating a missing database",
+    )
+    catalog.add_argument(
+        "--glue-endpoint-url",
+        metavar="URL",
+        help="Glue endpoint (default from AWS_ENDPOINT_URL_GLUE or the region)",
+    )
+    catalog.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_common(catalog)
     sim = _sub(
         sub,
         "simulate",
@@ -373,6 +414,27 @@ def simulator_options(args: argparse.Namespace) -> ServerOptions:
         raise ConfigError(f"simulate: {exc}") from exc
 
 
+def command_catalog(args: argparse.Namespace) -> int:
+    """``harvester catalog``: create or update the lake's tables in the Glue Data Catalog."""
+    from harvester.glue import register
+
+    result = register(
+        args.out,
+        database=args.glue_database,
+        since=args.since,
+        create_database=not args.no_create_database,
+        endpoint_url=args.glue_endpoint_url,
+    )
+    if args.json:
+        print(orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2).decode())
+        return 0
+    print(f"Glue database {result.database}: {result.database_action}\n")
+    print_table(
+        ["table", "action", "location"], [(t.name, t.action, t.location) for t in result.tables]
+    )
+    return 0
+
+
 def command_simulate(args: argparse.Namespace) -> int:
     """``harvester simulate``."""
     from harvester.sim.server import serve
@@ -393,6 +455,7 @@ COMMANDS = {
     "plan": command_plan,
     "status": command_status,
     "ddl": command_ddl,
+    "catalog": command_catalog,
     "simulate": command_simulate,
     "demo": command_demo,
 }

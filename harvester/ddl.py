@@ -8,6 +8,11 @@ projection, so a new day is queryable the moment its file lands and nobody runs
 DuckDB: one ``CREATE OR REPLACE VIEW`` per feed over ``read_parquet`` of the feed's
 files, with ``dt`` read as a ``DATE``.
 
+The Athena tables are described once, as data: :func:`table_specs` gives one
+:class:`TableSpec` per feed (columns, partition keys, location, properties, storage
+format), and both the DDL here and the Glue ``TableInput`` of :mod:`harvester.glue` are
+rendered from it, so ``harvester ddl`` and ``harvester catalog`` cannot drift apart.
+
 Everything here is pure: the SQL depends on the arguments only, never on what the lake
 holds at the moment.
 """
@@ -15,6 +20,8 @@ holds at the moment.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
@@ -25,6 +32,8 @@ from harvester.schemas import FEEDS
 
 ENGINES = ("athena", "duckdb")
 PARTITION = "dt"
+DEFAULT_DATABASE = "threatgrid"
+DEFAULT_SINCE = "2013-01-01"  # before Threat Grid's first record: projection finds every day
 
 _ATHENA_NAME = re.compile(r"^[A-Za-z0-9_]{1,255}$")
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -32,8 +41,116 @@ _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _UNSAFE_IN_LITERAL = re.compile(r"['\\\x00-\x1f]|\$\{")
 
 
+@dataclass(frozen=True, kw_only=True)
+class StorageFormat:
+    """How a table's files are stored, in the words of DDL and of the Hive metastore."""
+
+    ddl: str  # what follows STORED AS
+    serde: str
+    input_format: str
+    output_format: str
+    classification: str  # the Glue ``classification`` parameter
+
+    def __post_init__(self) -> None:
+        if not all((self.ddl, self.serde, self.input_format, self.output_format)):
+            raise ValueError("a storage format needs its DDL name, SerDe and formats")
+
+
+PARQUET = StorageFormat(
+    ddl="PARQUET",
+    serde="org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe",
+    input_format="org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat",
+    output_format="org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat",
+    classification="parquet",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Column:
+    """A column as Athena and Glue declare it: a name and a Hive type."""
+
+    name: str
+    type: str
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.type:
+            raise ValueError(f"a column needs a name and a type, not {self!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TableSpec:
+    """One feed's external table over the lake: what Athena's DDL and Glue's TableInput say.
+
+    ``properties`` are the table properties in the order the DDL prints them
+    (partition projection and its location template).
+    """
+
+    database: str
+    name: str
+    columns: tuple[Column, ...]
+    partition_keys: tuple[Column, ...]
+    location: str
+    properties: Mapping[str, str]
+    format: StorageFormat = PARQUET
+
+    def __post_init__(self) -> None:
+        if not _ATHENA_NAME.match(self.database) or not _ATHENA_NAME.match(self.name):
+            raise ValueError(f"not Athena names: {self.database!r}.{self.name!r}")
+        if not self.location.startswith("s3://") or not self.location.endswith("/"):
+            raise ValueError(f"a table location is an s3:// folder, not {self.location!r}")
+        names = [c.name for c in (*self.columns, *self.partition_keys)]
+        if not self.columns or len(set(names)) != len(names):
+            raise ValueError(f"table {self.name!r} needs distinct columns, not {names}")
+
+
+def table_specs(
+    out: str, *, database: str = DEFAULT_DATABASE, since: str = DEFAULT_SINCE
+) -> tuple[TableSpec, ...]:
+    """One :class:`TableSpec` per feed, in feed order, for the s3:// lake at ``out``.
+
+    Bad input (a local ``out``, a database Athena cannot name, a ``since`` that is not a
+    date) raises :class:`~harvester.errors.ConfigError`.
+    """
+    root = s3_root(out)
+    db = valid_database(database)
+    if not _DAY.match(since) or not _is_date(since):
+        raise ConfigError(f"--since {since!r} is not a date; use YYYY-MM-DD, e.g. {DEFAULT_SINCE}")
+    specs = []
+    for name, feed in FEEDS.items():
+        location = f"{root}{name}/"
+        specs.append(
+            TableSpec(
+                database=db,
+                name=name,
+                columns=tuple(Column(name=f.name, type=athena_type(f.type)) for f in feed.schema),
+                partition_keys=(Column(name=PARTITION, type="string"),),
+                location=location,
+                properties={
+                    "projection.enabled": "true",
+                    f"projection.{PARTITION}.type": "date",
+                    f"projection.{PARTITION}.format": "yyyy-MM-dd",
+                    f"projection.{PARTITION}.range": f"{since},NOW",
+                    f"projection.{PARTITION}.interval": "1",
+                    f"projection.{PARTITION}.interval.unit": "DAYS",
+                    "storage.location.template": f"{location}{PARTITION}=${{{PARTITION}}}/",
+                },
+            )
+        )
+    return tuple(specs)
+
+
+def valid_database(name: str, *, flag: str = "--database") -> str:
+    """``name`` lower-cased (Athena and Glue lower-case names themselves), if Athena allows it.
+
+    ``flag`` names the option in the error, a :class:`~harvester.errors.ConfigError`.
+    """
+    if not _ATHENA_NAME.match(name):
+        raise ConfigError(f"{flag} {name!r} is not a valid Athena name; use letters, digits and _")
+    return name.lower()
+
+
 def render_ddl(
-    out: str, *, engine: str, database: str = "threatgrid", since: str = "2013-01-01"
+    out: str, *, engine: str, database: str = DEFAULT_DATABASE, since: str = DEFAULT_SINCE
 ) -> str:
     """The statements that create ``engine``'s tables (Athena) or views (DuckDB) over ``out``.
 
@@ -64,52 +181,44 @@ def athena_type(kind: pa.DataType) -> str:
     raise ValueError(f"no Athena type for Arrow type {kind}")
 
 
-def athena_ddl(out: str, *, database: str = "threatgrid", since: str = "2013-01-01") -> str:
+def athena_ddl(out: str, *, database: str = DEFAULT_DATABASE, since: str = DEFAULT_SINCE) -> str:
     """``CREATE DATABASE`` and one ``CREATE EXTERNAL TABLE`` per feed, for an s3:// lake."""
-    root = _s3_root(out)
-    if not _ATHENA_NAME.match(database):
-        raise ConfigError(
-            f"--database {database!r} is not a valid Athena name; use letters, digits and _"
-        )
-    if not _DAY.match(since) or not _is_date(since):
-        raise ConfigError(f"--since {since!r} is not a date; use YYYY-MM-DD, e.g. 2013-01-01")
-    db = database.lower()  # Athena lower-cases names itself; say so in the DDL
+    root = s3_root(out)
+    specs = table_specs(out, database=database, since=since)
+    db = _athena_id(specs[0].database)  # lower-cased: Athena does it itself; say so in the DDL
     parts = [
         f"-- Athena tables for the Threat Grid lake at {root}",
         "-- Generated by `harvester ddl --engine athena`. Athena runs one statement per query:",
         "-- run these one at a time. Partition projection on dt makes each new day",
         "-- queryable at once, so MSCK REPAIR TABLE is never needed. Filter on dt to prune:",
-        f"--   SELECT count(*) FROM {_athena_id(db)}.`ips`"
-        " WHERE dt BETWEEN '2024-01-01' AND '2024-01-31';",
+        f"--   SELECT count(*) FROM {db}.`ips` WHERE dt BETWEEN '2024-01-01' AND '2024-01-31';",
         "",
-        f"CREATE DATABASE IF NOT EXISTS {_athena_id(db)};",
+        f"CREATE DATABASE IF NOT EXISTS {db};",
     ]
-    for name, feed in FEEDS.items():
-        location = f"{root}{name}/"
-        columns = ",\n".join(f"  {_athena_id(f.name)} {athena_type(f.type)}" for f in feed.schema)
-        projection = {
-            "projection.enabled": "true",
-            f"projection.{PARTITION}.type": "date",
-            f"projection.{PARTITION}.format": "yyyy-MM-dd",
-            f"projection.{PARTITION}.range": f"{since},NOW",
-            f"projection.{PARTITION}.interval": "1",
-            f"projection.{PARTITION}.interval.unit": "DAYS",
-            "storage.location.template": f"{location}{PARTITION}=${{{PARTITION}}}/",
-        }
-        properties = ",\n".join(f"  '{k}'='{v}'" for k, v in projection.items())
-        parts += [
-            "",
-            f"CREATE EXTERNAL TABLE IF NOT EXISTS {_athena_id(db)}.{_athena_id(name)} (",
+    for spec in specs:
+        parts += ["", create_table(spec)]
+    return "\n".join(parts)
+
+
+def create_table(spec: TableSpec) -> str:
+    """The ``CREATE EXTERNAL TABLE IF NOT EXISTS`` statement of one table."""
+    columns = ",\n".join(f"  {_athena_id(c.name)} {c.type}" for c in spec.columns)
+    partitions = ", ".join(f"{_athena_id(c.name)} {c.type}" for c in spec.partition_keys)
+    properties = ",\n".join(f"  '{k}'='{v}'" for k, v in spec.properties.items())
+    return "\n".join(
+        [
+            f"CREATE EXTERNAL TABLE IF NOT EXISTS {_athena_id(spec.database)}"
+            f".{_athena_id(spec.name)} (",
             columns,
             ")",
-            f"PARTITIONED BY ({_athena_id(PARTITION)} string)",
-            "STORED AS PARQUET",
-            f"LOCATION '{location}'",
+            f"PARTITIONED BY ({partitions})",
+            f"STORED AS {spec.format.ddl}",
+            f"LOCATION '{spec.location}'",
             "TBLPROPERTIES (",
             properties,
             ");",
         ]
-    return "\n".join(parts)
+    )
 
 
 def duckdb_ddl(out: str) -> str:
@@ -118,7 +227,7 @@ def duckdb_ddl(out: str) -> str:
     A local ``out`` is made absolute, so the views work from any working directory.
     """
     if out.startswith("s3://"):
-        root = _s3_root(out)
+        root = s3_root(out)
     elif "://" in out:
         raise ConfigError(
             f"--out {out!r} has an unknown scheme; use a folder or s3://bucket/prefix"
@@ -155,10 +264,15 @@ def duckdb_ddl(out: str) -> str:
     return "\n".join(parts)
 
 
-def _s3_root(out: str) -> str:
-    """``s3://bucket/prefix/`` (always one trailing slash) for an s3:// ``out``."""
+def s3_root(out: str, *, reader: str = "Athena") -> str:
+    """``s3://bucket/prefix/`` (always one trailing slash) for an s3:// ``out``.
+
+    ``reader`` names who needs S3 in the error for any other ``out``.
+    """
     if not out.startswith("s3://"):
-        raise ConfigError(f"--out {out!r} is not on S3; Athena reads only s3://bucket/prefix lakes")
+        raise ConfigError(
+            f"--out {out!r} is not on S3; {reader} reads only s3://bucket/prefix lakes"
+        )
     bucket, _, prefix = out.removeprefix("s3://").partition("/")
     if not bucket:
         raise ConfigError(f"--out {out!r} has no bucket name; use s3://bucket/prefix")

@@ -25,7 +25,8 @@ contains the API key.
         ├── StorageAccessError   denied, no bucket, bad credentials: the run stops
         ├── StorageFull          a disk is full (the lake, or the local staging
         │                        folder of an S3 run): the run stops
-        └── TransientStorageError  S3 5xx, SlowDown, reset: retried
+        ├── TransientStorageError  S3 5xx, SlowDown, reset: retried
+        └── CatalogError         Glue said no: denied, credentials, no database
 
 Which errors stop a whole run and which fail only the window they happen in is decided
 in one place, :data:`FATAL`. Anything that is not a :class:`HarvesterError` is a bug: it
@@ -123,6 +124,15 @@ class StorageFull(StorageError):
 
 class TransientStorageError(StorageError):
     """An S3 hiccup (5xx, SlowDown, reset) that is retried."""
+
+
+class CatalogError(StorageError):
+    """The AWS Glue Data Catalog refused or failed a call (``harvester catalog``).
+
+    Denied access, missing or refused credentials, a database that does not exist (with
+    ``--no-create-database``), an unreachable endpoint: the lake's tables cannot be
+    registered, which is the lake not being writable, hence exit 4.
+    """
 
 
 FATAL: tuple[type[HarvesterError], ...] = (

@@ -1,7 +1,8 @@
-"""Read a lake back with DuckDB and compare it with what the simulator holds."""
+"""Read a lake back with DuckDB and compare it with what the simulator holds; read Athena DDL."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
@@ -10,6 +11,15 @@ import duckdb
 import orjson
 
 from harvester.schemas import FEEDS
+
+TABLE = re.compile(
+    r"CREATE EXTERNAL TABLE IF NOT EXISTS `(?P<db>[^`]+)`\.`(?P<feed>[^`]+)` \(\n"
+    r"(?P<columns>.*?)\n\)\nPARTITIONED BY \(`dt` string\)\nSTORED AS PARQUET\n"
+    r"LOCATION '(?P<location>[^']+)'\nTBLPROPERTIES \(\n(?P<properties>.*?)\n\);",
+    re.S,
+)
+COLUMN = re.compile(r"^  `(?P<name>[^`]+)` (?P<type>\w+),?$")
+PROPERTY = re.compile(r"^  '(?P<key>[^']+)'='(?P<value>[^']*)',?$")
 
 
 def _canonical(item: dict[str, Any]) -> bytes:
@@ -97,3 +107,19 @@ def duckdb_for_s3(endpoint_url: str) -> duckdb.DuckDBPyConnection:
         f"ENDPOINT '{endpoint.netloc}', URL_STYLE 'path', USE_SSL false)"
     )
     return con
+
+
+def athena_tables(sql: str) -> dict[str, dict[str, object]]:
+    """Per feed: database, location, columns [(name, type)] and properties of Athena DDL."""
+    tables: dict[str, dict[str, object]] = {}
+    for match in TABLE.finditer(sql):
+        columns = [COLUMN.match(line) for line in match["columns"].splitlines()]
+        properties = [PROPERTY.match(line) for line in match["properties"].splitlines()]
+        assert all(columns) and all(properties), match.group(0)
+        tables[match["feed"]] = {
+            "db": match["db"],
+            "location": match["location"],
+            "columns": [(c["name"], c["type"]) for c in columns if c],
+            "properties": {p["key"]: p["value"] for p in properties if p},
+        }
+    return tables

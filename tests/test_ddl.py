@@ -25,20 +25,12 @@ from harvester.sim.server import SimulatorThread
 
 from cli import cli
 from harvesting import harvest
-from lakecheck import duckdb_for_s3
+from lakecheck import athena_tables, duckdb_for_s3
 
 GOLDEN = Path(__file__).parent / "golden"
 EXAMPLE_OUT = "s3://example-bucket/threatgrid"
 START, END = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 4, tzinfo=UTC)
 
-TABLE = re.compile(
-    r"CREATE EXTERNAL TABLE IF NOT EXISTS `(?P<db>[^`]+)`\.`(?P<feed>[^`]+)` \(\n"
-    r"(?P<columns>.*?)\n\)\nPARTITIONED BY \(`dt` string\)\nSTORED AS PARQUET\n"
-    r"LOCATION '(?P<location>[^']+)'\nTBLPROPERTIES \(\n(?P<properties>.*?)\n\);",
-    re.S,
-)
-COLUMN = re.compile(r"^  `(?P<name>[^`]+)` (?P<type>\w+),?$")
-PROPERTY = re.compile(r"^  '(?P<key>[^']+)'='(?P<value>[^']*)',?$")
 # What Athena must declare for each Arrow type pyarrow reads back from a written file;
 # written out here, not taken from harvester.ddl, so the test checks the mapping too.
 ATHENA_FOR_FILE_TYPE = {
@@ -62,21 +54,6 @@ def lake(sim: SimulatorThread, tmp_path_factory: pytest.TempPathFactory) -> tupl
 def statements(sql: str) -> list[str]:
     """The SQL statements of a DDL script (blocks separated by blank lines, not comments)."""
     return [block for block in sql.split("\n\n") if not block.startswith("--")]
-
-
-def athena_tables(sql: str) -> dict[str, dict[str, object]]:
-    tables: dict[str, dict[str, object]] = {}
-    for match in TABLE.finditer(sql):
-        columns = [COLUMN.match(line) for line in match["columns"].splitlines()]
-        properties = [PROPERTY.match(line) for line in match["properties"].splitlines()]
-        assert all(columns) and all(properties), match.group(0)
-        tables[match["feed"]] = {
-            "db": match["db"],
-            "location": match["location"],
-            "columns": [(c["name"], c["type"]) for c in columns if c],
-            "properties": {p["key"]: p["value"] for p in properties if p},
-        }
-    return tables
 
 
 @pytest.mark.parametrize("engine", ["athena", "duckdb"])
