@@ -208,3 +208,18 @@ def test_plain_run_keeps_its_exit_codes(sim: SimulatorThread, tmp_path: Path) ->
     argv = ["run", "--after", "2024-01-01", "--before", "2024-01-02", "--out", str(out)]
     result = cli([*argv, "--base-url", sim.url, "--feeds", "ips"])
     assert result.returncode == 0, result.stderr
+
+
+def test_a_body_that_trickles_past_the_timeout_is_not_unreachable(make_sim, tmp_path: Path) -> None:
+    """The API answered but the body was too slow: say so, exit 1, not "cannot reach" (5)."""
+    from harvester.sim.server import Faults
+
+    server = make_sim(faults=Faults(trickle_rate=1.0, trickle_bytes_per_second=100.0))
+    argv = ["run", "--after", "2024-01-01", "--before", "2024-01-02", "--feeds", "ips"]
+    argv += ["--out", str(tmp_path / "lake"), "--base-url", server.url]
+    result = cli([*argv, "--request-timeout", "1", "--attempts", "1"])
+    assert result.returncode == 1, result.stderr
+    assert "cannot reach" not in result.stderr
+    failed = [json.loads(x) for x in result.stderr.splitlines() if '"window.failed"' in x]
+    assert failed and failed[0]["error"] == "ReadTimeout"
+    assert "body did not arrive within --request-timeout 1s" in failed[0]["reason"]
