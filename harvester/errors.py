@@ -21,7 +21,9 @@ contains the API key.
     ├── DataError                a record that cannot be placed in the lake
     ├── StorageError             the lake could not be written
     │   ├── StorageAccessError   denied, no bucket, bad credentials           exit 4
-    │   └── TransientStorageError  S3 5xx, SlowDown, reset: retried
+    │   ├── TransientStorageError  S3 5xx, SlowDown, reset: retried
+    │   └── CatalogError         the Iceberg catalog failed or refused a change
+    │       └── CommitConflict   concurrent writers kept winning; retried, then given up
     └── Interrupted              SIGINT/SIGTERM stopped the run               exit 130
 """
 
@@ -108,6 +110,19 @@ class StorageAccessError(StorageError):
 
 class TransientStorageError(StorageError):
     """An S3 hiccup (5xx, SlowDown, reset) that is retried."""
+
+
+class CatalogError(StorageError):
+    """The Iceberg catalog (SQL, Glue, REST) could not be read or refused a change."""
+
+
+class CommitConflict(CatalogError):
+    """An Iceberg commit conflicted with concurrent writers on every attempt.
+
+    Nothing was committed; running the same command again redoes the windows.
+    """
+
+    exit_code = 1
 
 
 class Interrupted(HarvesterError):
