@@ -35,20 +35,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from harvester.config import DEFAULTS, NAMESPACE
 from harvester.errors import CatalogError, ConfigError
 from harvester.iceberg import INSTALL_HINT, require_pyiceberg
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
 
-DEFAULT_NAMESPACE = "threatgrid"
+DEFAULT_NAMESPACE: str = DEFAULTS["namespace"]
 CATALOG_FILE = "_catalog.db"
 URI_CATALOG_NAME = "harvester"
 """The name a catalog given as a URI gets; a SQL catalog keys its rows by this name."""
 FILE_IO = "pyiceberg.io.pyarrow.PyArrowFileIO"
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
-_NAMESPACE = re.compile(r"^[A-Za-z0-9_]{1,255}$")
 _SQL_SCHEMES = ("sqlite", "postgresql")
 _HINT = (
     "use a NAME from ~/.pyiceberg.yaml, glue, sqlite:///PATH, postgresql://HOST/DB "
@@ -106,7 +106,7 @@ def lake_root(out: str) -> str:
 
 def check_namespace(namespace: str) -> str:
     """``namespace`` if it is a name every catalog (Glue, Athena) accepts."""
-    if not _NAMESPACE.match(namespace):
+    if not NAMESPACE.match(namespace):
         raise ConfigError(
             f"--namespace {namespace!r} is not a valid name; use letters, digits and _"
         )

@@ -335,7 +335,7 @@ def _data_file(table: Table, path: str, ranges: Sequence[Range]) -> DataFile:
         raise ValueError(f"{path} is not under the table's location {table.location()}")
     if not data_file.record_count:
         raise ValueError(f"{path} holds no record; do not add empty files")
-    low, high = _stamp_bounds(table, data_file)
+    low, high = file_stamp_bounds(table, data_file)
     if not (_inside(low, ranges) and _inside(high, ranges)):
         raise ValueError(f"{path} holds records outside the windows being committed")
     return data_file
@@ -345,7 +345,7 @@ def _inside(value: int, ranges: Sequence[Range]) -> bool:
     return any(start <= value < end for start, end in ranges)
 
 
-def _stamp_bounds(table: Table, data_file: DataFile) -> tuple[int, int]:
+def file_stamp_bounds(table: Table, data_file: DataFile) -> tuple[int, int]:
     """The smallest and largest ``timestamp`` of a file, in microseconds, from its stats."""
     from pyiceberg.conversions import from_bytes
     from pyiceberg.types import TimestamptzType
@@ -372,7 +372,7 @@ def plan_replacement(table: Table, ranges: Sequence[Range]) -> Plan:
                 f"table {'.'.join(table.name())} has row-level delete files "
                 f"({task.file.file_path}); the harvester writes copy-on-write tables only"
             )
-        low, high = _stamp_bounds(table, task.file)
+        low, high = file_stamp_bounds(table, task.file)
         if any(start <= low and high < end for start, end in ranges):
             drop.append(task.file)
         else:
@@ -403,7 +403,7 @@ def _rewrite(table: Table, data_file: DataFile, ranges: Sequence[Range], into: _
     """
     from pyiceberg.io.pyarrow import parquet_file_to_data_file
 
-    low, _ = _stamp_bounds(table, data_file)
+    low, _ = file_stamp_bounds(table, data_file)
     path = data_file_path(table.location(), day_of(low), prefix="rewrite")
     kept = removed = 0
     with table.io.new_input(data_file.file_path).open() as source:
