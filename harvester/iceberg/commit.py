@@ -44,8 +44,8 @@ import structlog
 from harvester.errors import CatalogError, CommitConflict
 from harvester.iceberg.hint import publish_hint_quietly
 from harvester.iceberg.tables import (
-    COMPRESSION,
-    ROW_GROUP_ROWS,
+    READ_BATCH_ROWS,
+    DataFileWriter,
     catalog_errors,
     data_file_path,
 )
@@ -399,11 +399,12 @@ def _rewrite(table: Table, data_file: DataFile, ranges: Sequence[Range], into: _
     """Stream ``data_file`` without the records of ``ranges`` into a new file.
 
     Nothing to remove: the file stays as it is. Everything removed: it is dropped and no
-    file is added. Memory: one record batch of ``ROW_GROUP_ROWS`` rows.
+    file is added. Memory: about one row group read and one being written.
     """
     from pyiceberg.io.pyarrow import parquet_file_to_data_file
 
     low, _ = file_stamp_bounds(table, data_file)
+    feed = table.name()[-1]
     path = data_file_path(table.location(), day_of(low), prefix="rewrite")
     kept = removed = 0
     with table.io.new_input(data_file.file_path).open() as source:
@@ -411,15 +412,14 @@ def _rewrite(table: Table, data_file: DataFile, ranges: Sequence[Range], into: _
         into.written.append(path)
         with (
             table.io.new_output(path).create() as sink,
-            pq.ParquetWriter(sink, reader.schema_arrow, compression=COMPRESSION) as writer,
+            DataFileWriter(sink, feed, schema=reader.schema_arrow) as writer,
         ):
-            for batch in reader.iter_batches(batch_size=ROW_GROUP_ROWS):
+            for batch in reader.iter_batches(batch_size=READ_BATCH_ROWS):
                 drop = _mask(batch.column("timestamp"), ranges)
                 keep = batch.filter(pc.invert(drop))
                 removed += batch.num_rows - keep.num_rows
-                if keep.num_rows:
-                    writer.write_batch(keep)
-                    kept += keep.num_rows
+                writer.write(keep)
+            kept = writer.rows
     if not removed or not kept:
         _delete_quietly(table, [path])
         into.written.remove(path)

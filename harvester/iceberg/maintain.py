@@ -38,8 +38,8 @@ from harvester.errors import ConfigError
 from harvester.iceberg.commit import day_of, file_stamp_bounds, micros, window_filter
 from harvester.iceberg.hint import HINT_FILE, publish_hint_quietly
 from harvester.iceberg.tables import (
-    COMPRESSION,
-    ROW_GROUP_ROWS,
+    READ_BATCH_ROWS,
+    DataFileWriter,
     catalog_errors,
     data_file_path,
     load_table,
@@ -260,25 +260,23 @@ def compact(table: Table, planned: Compaction) -> Compaction:
     path = data_file_path(table.location(), planned.day, prefix="compact")
     rows = 0
     try:
-        schema = None
         with table.io.new_output(path).create() as sink:
-            writer: pq.ParquetWriter | None = None
+            writer: DataFileWriter | None = None
             try:
                 for source_path in planned.inputs:
                     with table.io.new_input(source_path).open() as source:
                         reader = pq.ParquetFile(source)
-                        if schema is None:
-                            schema = reader.schema_arrow
-                            writer = pq.ParquetWriter(sink, schema, compression=COMPRESSION)
-                        elif not reader.schema_arrow.equals(schema, check_metadata=True):
+                        if writer is None:
+                            feed = table.name()[-1]
+                            writer = DataFileWriter(sink, feed, schema=reader.schema_arrow)
+                        elif not reader.schema_arrow.equals(writer.schema, check_metadata=True):
                             raise _Skip("the inputs' schemas differ")
-                        for batch in reader.iter_batches(batch_size=ROW_GROUP_ROWS):
-                            assert writer is not None
-                            writer.write_batch(batch)
-                            rows += batch.num_rows
+                        for batch in reader.iter_batches(batch_size=READ_BATCH_ROWS):
+                            writer.write(batch)
             finally:
                 if writer is not None:
                     writer.close()
+                    rows = writer.rows
         if rows != planned.rows:
             raise _Skip(f"the inputs hold {rows} rows, the manifests said {planned.rows}")
         output = parquet_file_to_data_file(table.io, table.metadata, path)

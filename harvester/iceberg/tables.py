@@ -39,6 +39,9 @@ PARTITION_FIELD = "timestamp_day"
 PARTITION_FIELD_ID = 1000
 COMPRESSION = "zstd"
 ROW_GROUP_ROWS = 128 * 1024
+READ_BATCH_ROWS = 16 * 1024
+"""Rows per batch when streaming a file: a batch is cut from one decoded row group (a
+larger one would be stitched from two, and hold both)."""
 FIELD_ID = b"PARQUET:field_id"
 TABLE_PROPERTIES = {
     "format-version": "2",
@@ -148,12 +151,20 @@ class DataFileWriter:
     ``sink`` is a local path or an open Arrow output stream (e.g. a pyiceberg
     ``OutputFile.create()``). Rows are buffered up to ``row_group_rows`` and written as a
     row group, so memory stays at about one row group whatever the file holds. Use as a
-    context manager; :attr:`rows` counts what was written.
+    context manager; :attr:`rows` counts what was written. ``schema`` (default the feed's
+    Iceberg schema) is for rewriting a file in the schema it has.
     """
 
-    def __init__(self, sink: Any, feed: str, *, row_group_rows: int = ROW_GROUP_ROWS) -> None:
+    def __init__(
+        self,
+        sink: Any,
+        feed: str,
+        *,
+        row_group_rows: int = ROW_GROUP_ROWS,
+        schema: pa.Schema | None = None,
+    ) -> None:
         self.feed = feed
-        self.schema = iceberg_arrow_schema(feed)
+        self.schema = schema or iceberg_arrow_schema(feed)
         self.row_group_rows = row_group_rows
         self.rows = 0
         self._pending: list[pa.Table] = []
