@@ -88,12 +88,16 @@ def pyiceberg_items(table: Table, snapshot_id: int | None = None) -> list[dict[s
     return _items(scan.to_arrow())
 
 
-def duckdb_connection() -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with the iceberg and avro extensions loaded from their packages."""
+def duckdb_connection(con: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
+    """``con`` (default a new connection) with the iceberg and avro extensions loaded.
+
+    Offline: from the duckdb-ext-iceberg and duckdb-ext-avro packages, as ``lakecheck``
+    loads httpfs.
+    """
     spec = importlib.util.find_spec("duckdb_ext")
     assert spec is not None and spec.submodule_search_locations, "duckdb-ext-* missing"
     base = Path(next(iter(spec.submodule_search_locations)))
-    con = duckdb.connect()
+    con = con or duckdb.connect()
     for name in ("avro", "iceberg"):
         found = list(base.rglob(f"{name}.duckdb_extension"))
         assert found, f"duckdb-ext-{name} is not installed"

@@ -379,7 +379,9 @@ def referenced_files(table: Table, *, ignoring: set[int] | None = None) -> set[s
                 continue
             seen.add(manifest.manifest_path)
             locations.add(manifest.manifest_path)
-            for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=False):
+            # A DELETED entry names a file its snapshot removed: only an older snapshot
+            # needs it, and that one lists it itself while it is retained.
+            for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
                 locations.add(entry.data_file.file_path)
     return {_key(table, location) for location in locations}
 
