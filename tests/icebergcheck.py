@@ -115,9 +115,7 @@ def duckdb_items(
         relation = f"iceberg_scan('{source}')"
     else:
         relation = f"iceberg_scan('{source}', version_name_format => '{VERSION_NAME_FORMAT}')"
-    cursor = con.execute(
-        f"SELECT * REPLACE (epoch_us(timestamp) AS timestamp) FROM {relation}"  # noqa: S608
-    )
+    cursor = con.execute(f"SELECT * REPLACE (epoch_us(timestamp) AS timestamp) FROM {relation}")
     names = [d[0] for d in cursor.description]
     rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
     for row in rows:

@@ -277,8 +277,10 @@ def test_replacing_a_window_in_a_big_day_file_streams_it(tmp_path: Path) -> None
     row_group = in_memory * ROW_GROUP_ROWS / rows
     # A row group being read, one buffered for writing, and the write: not the file.
     assert peak < 3.5 * row_group < in_memory / 2, (peak, row_group, in_memory)
-    print(f"rewrite of a {rows}-row day file: peak Arrow memory {peak / 2**20:.1f} MiB, "
-          f"the file in memory {in_memory / 2**20:.1f} MiB")
+    print(
+        f"rewrite of a {rows}-row day file: peak Arrow memory {peak / 2**20:.1f} MiB, "
+        f"the file in memory {in_memory / 2**20:.1f} MiB"
+    )
     table.refresh()
     removed = sum(1 for i in range(rows) if 6 * 3600 <= i * 86_399 // rows < 7 * 3600)
     assert table.scan().count() == rows - removed

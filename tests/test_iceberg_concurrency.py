@@ -51,7 +51,9 @@ def shard_worker(out: str, shard: int, barrier: Any, results: Any) -> None:
             table,
             windows=windows,
             files=files,
-            properties=summary_properties(run_id=f"shard-{shard}", windows=windows, fingerprint="f"),
+            properties=summary_properties(
+                run_id=f"shard-{shard}", windows=windows, fingerprint="f"
+            ),
         )
         assert info is not None
         snapshot = table.snapshot_by_id(info.snapshot_id)

@@ -49,9 +49,7 @@ def glue_lake(
     monkeypatch.setenv("PYICEBERG_CATALOG__MOTO__GLUE__ENDPOINT", endpoint)
     monkeypatch.setenv("PYICEBERG_CATALOG__MOTO__GLUE__REGION", "us-east-1")
     namespace = f"ns_{bucket.replace('-', '_')}"
-    lake = open_catalog(
-        f"s3://{bucket}/tg", "moto", namespace=namespace, s3_endpoint_url=endpoint
-    )
+    lake = open_catalog(f"s3://{bucket}/tg", "moto", namespace=namespace, s3_endpoint_url=endpoint)
     yield lake, endpoint
     glue = boto3.client("glue", endpoint_url=endpoint, region_name="us-east-1")
     for table in glue.get_tables(DatabaseName=namespace).get("TableList", []):

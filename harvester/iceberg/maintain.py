@@ -296,7 +296,7 @@ def compact(table: Table, planned: Compaction) -> Compaction:
         transaction.commit_transaction()
     except (_Skip, CommitFailedException, ValidationException) as exc:
         _delete(table, path)
-        return _skipped(planned, str(exc))
+        return _skipped(planned, str(exc)[:1].lower() + str(exc)[1:])
     except BaseException:
         _delete(table, path)
         raise
