@@ -191,7 +191,8 @@ def test_ddl_texts_for_an_iceberg_lake(tmp_path: Path) -> None:
 
     views = iceberg_duckdb_ddl("s3://bucket/tg/", catalog="https://rest.example/api")
     assert views.count("CREATE OR REPLACE VIEW") == 7
-    assert "iceberg_scan('s3://bucket/tg/ips', version_name_format => '%s%s.metadata.json')" in views
+    scan = "iceberg_scan('s3://bucket/tg/ips', version_name_format => '%s%s.metadata.json')"
+    assert scan in views
     assert "CREATE SECRET" in views and "ATTACH" in views
     local = iceberg_duckdb_ddl(str(tmp_path / "lake"))
     assert f"iceberg_scan('{tmp_path}/lake/urls'" in local and "ATTACH" not in local
