@@ -146,7 +146,9 @@ def test_a_table_with_another_schema_is_refused(tmp_path: Path) -> None:
 def test_postgres_without_a_driver_and_rest_without_a_server_say_so(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="psycopg2"):
         open_catalog(str(tmp_path), "postgresql://db.invalid/ice")
-    with pytest.raises(CatalogError, match=r"cannot reach the Iceberg catalog http://127\.0\.0\.1:9/"):
+    with pytest.raises(
+        CatalogError, match=r"cannot reach the Iceberg catalog http://127\.0\.0\.1:9/"
+    ):
         open_catalog(str(tmp_path), "http://127.0.0.1:9/api")
 
 
@@ -202,3 +204,25 @@ def test_ddl_texts_for_an_iceberg_lake(tmp_path: Path) -> None:
     assert '"tg"."ips"' in glue and "nothing to run" in glue.lower()
     with pytest.raises(ConfigError, match="quote"):
         iceberg_duckdb_ddl("/tmp/it's")
+
+
+def test_losing_the_race_to_create_the_namespace_is_fine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another shard creates the namespace between our check and our create (seen in CI).
+
+    The SQL catalog then fails with a duplicate key (SQLAlchemy's IntegrityError), not
+    NamespaceAlreadyExistsError. The check is made to miss once, as in that race.
+    """
+    lake = open_catalog(str(tmp_path / "lake"), None, create=True)
+    lake.catalog.create_namespace("threatgrid")  # the other shard
+    real = type(lake.catalog).namespace_exists
+    calls: list[object] = []
+
+    def missed_once(self: object, namespace: object) -> bool:
+        calls.append(namespace)
+        return len(calls) > 1 and real(self, namespace)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(type(lake.catalog), "namespace_exists", missed_once)
+    table = ensure_table(lake, "ips")
+    assert table.name() == ("threatgrid", "ips") and len(calls) >= 2

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import date
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -218,20 +218,14 @@ def ensure_table(lake: IcebergLake, feed: str) -> Table:
     (nothing is changed). The name mapping is stored as a table property, so readers
     that meet a file without field ids can still resolve its columns by name.
     """
-    from pyiceberg.exceptions import (
-        NamespaceAlreadyExistsError,
-        NoSuchTableError,
-        TableAlreadyExistsError,
-    )
+    from pyiceberg.exceptions import NoSuchTableError, TableAlreadyExistsError
 
     identifier = lake.identifier(feed)
     with catalog_errors(f"table {'.'.join(identifier)} in {lake.described}"):
         try:
             table = lake.catalog.load_table(identifier)
         except NoSuchTableError:
-            # Another shard may create it between the check and the create.
-            with suppress(NamespaceAlreadyExistsError):
-                lake.catalog.create_namespace_if_not_exists(lake.namespace)
+            _ensure_namespace(lake)
             schema = iceberg_schema(feed)
             try:
                 table = lake.catalog.create_table(
@@ -257,6 +251,23 @@ def ensure_table(lake: IcebergLake, feed: str) -> Table:
             f"({lake.location(feed)}); use the --out it was made with, or another --namespace"
         )
     return table
+
+
+def _ensure_namespace(lake: IcebergLake) -> None:
+    """Create the namespace unless it exists; another shard may be creating it right now.
+
+    pyiceberg's SQL catalog reports that race as SQLAlchemy's ``IntegrityError`` (a
+    duplicate key), not as ``NamespaceAlreadyExistsError``: both mean "it exists now",
+    which is checked before going on.
+    """
+    from pyiceberg.exceptions import NamespaceAlreadyExistsError
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        lake.catalog.create_namespace_if_not_exists(lake.namespace)
+    except (NamespaceAlreadyExistsError, IntegrityError):
+        if not lake.catalog.namespace_exists(lake.namespace):
+            raise
 
 
 def load_table(lake: IcebergLake, feed: str) -> Table | None:
