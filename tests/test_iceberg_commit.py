@@ -284,3 +284,23 @@ def test_replacing_a_window_in_a_big_day_file_streams_it(tmp_path: Path) -> None
     table.refresh()
     removed = sum(1 for i in range(rows) if 6 * 3600 <= i * 86_399 // rows < 7 * 3600)
     assert table.scan().count() == rows - removed
+
+
+def test_a_key_from_the_store_side_is_a_path_the_commit_accepts(
+    lake: IcebergLake, table: Table
+) -> None:
+    """The group committer uploads to ``data_file_key`` through the Store, then commits."""
+    from harvester.iceberg.tables import DataFileWriter, data_file_key
+    from harvester.schemas import FEEDS, items_to_table
+
+    windows = hours(day("2024-03-03"), 4)
+    items = truth(DATA, FEED, windows)
+    key = data_file_key(FEED, day("2024-03-03").date())
+    assert key != data_file_key(FEED, day("2024-03-03").date())  # never reused
+    path = Path(lake.root, key)
+    path.parent.mkdir(parents=True)
+    with DataFileWriter(path, FEED) as writer:
+        writer.write(items_to_table(FEEDS[FEED], items))
+    info = commit_windows(table, windows=windows, files=[f"{lake.root}/{key}"], properties={})
+    assert info is not None and info.files_added == 1
+    check(table, items, "a file committed by its key")

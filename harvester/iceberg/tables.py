@@ -8,8 +8,9 @@ table is partitioned by ``day(timestamp)`` (hidden partitioning: no ``dt`` colum
 Data files are written by us, not by pyiceberg, so they can be streamed: a
 :class:`DataFileWriter` appends record batches (``timestamp[s]`` cast exactly to
 ``timestamp[us, UTC]``, field ids in the Parquet schema) to one file, one UTC day per
-file, holding one row group at a time in memory. :func:`data_file_path` names a new file
-under the table's ``data/`` folder, where pyiceberg would put it too.
+file, holding one row group at a time in memory. :func:`data_file_key` and
+:func:`data_file_path` name a new file under the table's ``data/`` folder, where pyiceberg
+would put it too.
 """
 
 from __future__ import annotations
@@ -133,16 +134,21 @@ def to_iceberg_arrow(table: pa.Table, feed: str) -> pa.Table:
     return table.cast(iceberg_arrow_schema(feed))
 
 
-def data_file_path(location: str, day: date, *, prefix: str = "h") -> str:
-    """A new, unique path for a data file of ``day`` under the table at ``location``.
+def data_file_key(feed: str, day: date, *, prefix: str = "h") -> str:
+    """A new, unique key (relative to the lake root) for a data file of ``feed`` on ``day``.
 
     Unique on purpose: a file a snapshot references is never overwritten, so a replay
-    after a crash writes new files and the replacement drops the old ones.
+    after a crash writes new files and the replacement drops the old ones. The key is
+    what a :class:`~harvester.storage.Store` commits to; ``{root}/{key}`` is the path the
+    commit is given.
     """
-    return (
-        f"{location.rstrip('/')}/data/{PARTITION_FIELD}={day.isoformat()}/"
-        f"{prefix}-{uuid.uuid4().hex}.parquet"
-    )
+    return f"{feed}/data/{PARTITION_FIELD}={day.isoformat()}/{prefix}-{uuid.uuid4().hex}.parquet"
+
+
+def data_file_path(location: str, day: date, *, prefix: str = "h") -> str:
+    """A new, unique full path for a data file of ``day`` under the table at ``location``."""
+    base, _, feed = location.rstrip("/").rpartition("/")
+    return f"{base}/{data_file_key(feed, day, prefix=prefix)}"
 
 
 class DataFileWriter:
