@@ -46,7 +46,14 @@ DEFAULTS: dict[str, Any] = {
     "attempts": 8,
     "retry_timeout": 300.0,
     "request_timeout": 60.0,
+    "table_format": "hive",
+    "namespace": "threatgrid",
 }
+TABLE_FORMATS = ("hive", "iceberg")
+MAINTAIN_DEFAULTS = {"older_than": "7d", "orphans_older_than": "1d"}
+"""``harvester maintain``'s ages: snapshots to expire, and the orphan grace period."""
+NAMESPACE = re.compile(r"^[A-Za-z0-9_]{1,255}$")
+"""Names every catalog accepts for an Iceberg namespace (Glue and Athena among them)."""
 
 # TOML key -> accepted Python types. Keys match the long flags with '-' -> '_'.
 OPTION_TYPES: dict[str, tuple[type, ...]] = {
@@ -77,6 +84,9 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "since_last": (bool,),
     "force": (bool,),
     "lag": (str,),
+    "table_format": (str,),
+    "catalog": (str,),
+    "namespace": (str,),
 }
 
 
@@ -172,6 +182,10 @@ class HarvestConfig:
     shard: Shard = field(default_factory=Shard)
     since_last: bool = False
     force: bool = False
+    table_format: str = DEFAULTS["table_format"]
+    catalog: str | None = None
+    """``--catalog`` (Iceberg only): a pyiceberg catalog NAME or a URI."""
+    namespace: str = DEFAULTS["namespace"]
 
     def __post_init__(self) -> None:
         for name in ("limit", "concurrency", "prefetch", "attempts"):
@@ -187,10 +201,31 @@ class HarvestConfig:
             raise ConfigError("no feeds selected; use --feeds all or a list like ips,domains")
         if self.after is None and not self.since_last:
             raise ConfigError("--after is required (flag or config file), unless --since-last")
+        self._check_table_format()
         if self.after is not None and not self.after < self.before and not self.since_last:
             raise ConfigError(
                 f"--after {format_api(self.after)} is not before --before "
                 f"{format_api(self.before)}; swap them or widen the range"
+            )
+
+    def _check_table_format(self) -> None:
+        if self.table_format not in TABLE_FORMATS:
+            raise ConfigError(
+                f"--table-format {self.table_format!r} is unknown; use {' or '.join(TABLE_FORMATS)}"
+            )
+        if self.table_format == "hive":
+            if self.catalog is not None or self.namespace != DEFAULTS["namespace"]:
+                raise ConfigError("--catalog and --namespace need --table-format iceberg")
+            return
+        if not NAMESPACE.match(self.namespace):
+            raise ConfigError(
+                f"--namespace {self.namespace!r} is not a valid name; use letters, digits and _"
+            )
+        if self.out.startswith("s3://") and not self.catalog:
+            raise ConfigError(
+                f"--out {self.out} is on S3, so --table-format iceberg needs --catalog "
+                "(a NAME from ~/.pyiceberg.yaml, glue, sqlite:///PATH, postgresql://... "
+                "or an http(s):// REST catalog URL)"
             )
 
     def describe(self) -> dict[str, Any]:
@@ -209,6 +244,12 @@ class HarvestConfig:
             "auth": self.auth,
             "shard": str(self.shard),
             "since_last": self.since_last,
+            "table_format": self.table_format,
+            **(
+                {"catalog": self.catalog, "namespace": self.namespace}
+                if self.table_format == "iceberg"
+                else {}
+            ),
         }
 
 
@@ -414,6 +455,9 @@ def build_config(
         shard=shard,
         since_last=since_last,
         force=bool(merged.get("force")),
+        table_format=str(merged["table_format"]).strip().lower(),
+        catalog=str(merged["catalog"]).strip() if merged.get("catalog") else None,
+        namespace=str(merged["namespace"]),
     )
 
 

@@ -26,7 +26,8 @@ contains the API key.
         ├── StorageFull          a disk is full (the lake, or the local staging
         │                        folder of an S3 run): the run stops
         ├── TransientStorageError  S3 5xx, SlowDown, reset: retried
-        └── CatalogError         Glue said no: denied, credentials, no database
+        └── CatalogError         a table catalog (Glue, an Iceberg catalog) said no
+            └── CommitConflict   concurrent Iceberg writers kept winning   exit 1
 
 Which errors stop a whole run and which fail only the window they happen in is decided
 in one place, :data:`FATAL`. Anything that is not a :class:`HarvesterError` is a bug: it
@@ -127,12 +128,24 @@ class TransientStorageError(StorageError):
 
 
 class CatalogError(StorageError):
-    """The AWS Glue Data Catalog refused or failed a call (``harvester catalog``).
+    """A table catalog refused or failed a call: Glue, or an Iceberg lake's catalog.
+
+    That is AWS Glue for ``harvester catalog``, or the SQL, Glue or REST catalog of an
+    Iceberg lake.
 
     Denied access, missing or refused credentials, a database that does not exist (with
     ``--no-create-database``), an unreachable endpoint: the lake's tables cannot be
-    registered, which is the lake not being writable, hence exit 4.
+    registered or changed, which is the lake not being writable, hence exit 4.
     """
+
+
+class CommitConflict(CatalogError):
+    """An Iceberg commit conflicted with concurrent writers on every attempt.
+
+    Nothing was committed; running the same command again redoes the windows.
+    """
+
+    exit_code = 1
 
 
 FATAL: tuple[type[HarvesterError], ...] = (

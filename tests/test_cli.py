@@ -177,7 +177,7 @@ def test_run_exit_0_logs_json_and_summary_per_feed(sim: SimulatorThread, tmp_pat
 
 def test_every_command_has_help_with_examples() -> None:
     """Each subcommand's --help works and shows an example."""
-    for command in ("run", "plan", "status", "ddl", "catalog", "simulate", "demo"):
+    for command in ("run", "plan", "status", "ddl", "catalog", "maintain", "simulate", "demo"):
         result = cli([command, "--help"])
         assert result.returncode == 0, (command, result.stderr)
         assert "example" in result.stdout, command
