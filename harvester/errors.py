@@ -12,6 +12,8 @@ contains the API key.
     │   ├── AuthError            401/403: the key is missing or refused       exit 3
     │   ├── RequestRejected      400 and other non-retryable 4xx
     │   ├── PagingError          the server repeated a page or ignored offset
+    │   │   └── Shifted          records moved while paging (the query starts again)
+    │   ├── PageTooLarge         a body over --max-page-bytes (asked again, smaller)
     │   └── TransientError       worth retrying (see retry.py)
     │       ├── RateLimited      429, with the server's Retry-After if any
     │       ├── ServerError      408 and 5xx
@@ -69,6 +71,14 @@ class RequestRejected(ApiError):
 
 class PagingError(ApiError):
     """Paging went wrong: the server repeated a page or ignored the offset."""
+
+
+class Shifted(PagingError):
+    """Records were added or removed while a query was paged: start the query again."""
+
+
+class PageTooLarge(ApiError):
+    """A response body grew past ``--max-page-bytes``; the page is asked for again smaller."""
 
 
 class TransientError(ApiError):

@@ -1,0 +1,313 @@
+"""Writing one (feed, day) of the Hive layout: its files, whole, by compare-and-set.
+
+A day's data files hold whole windows; each window lives in exactly one file. Writing a
+day replaces exactly the windows harvested again (``replaced``) and keeps every other
+row of the day as it was:
+
+* **A fresh day** (no file yet): the rows of the spools are cut at window boundaries into
+  files of at most :data:`~harvester.lake.days.FILE_ROWS` rows; the main file (named
+  after midnight) is written first, each file on condition that it does not exist.
+* **A day with files**: each file holding a replaced window is rewritten in place,
+  keeping its other windows, on condition that it is still the version the manifest
+  recorded (``If-Match`` on S3, a lock and a version check on local disk). A replaced
+  window no file holds joins the main file. A file whose windows brought back exactly
+  the rows it holds is left alone, so a re-harvest that finds nothing new writes
+  nothing.
+* **A day of a version 1 lake** (one file per window): its rows are copied aside, the old
+  files are deleted, and one main file is written. The caller has first marked those
+  windows incomplete in the manifest, so a crash in between means they are harvested
+  again: a reader may briefly miss that day's rows, never see them twice.
+
+A file the manifest does not know (left by a run killed after writing it and before
+recording it) is found when a write on condition "absent" fails: the folder is listed,
+and such files are replaced or removed, so the day ends with exactly its recorded files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from harvester.errors import Conflict, StorageError
+from harvester.intervals import Spans
+from harvester.lake import days
+from harvester.lake.layout import data_key, day_folder, day_start, is_legacy, main_key
+from harvester.lake.spool import Spool
+from harvester.manifest.model import FileRecord, WindowRecord
+from harvester.schemas import Feed
+from harvester.storage import ABSENT, Expect, ObjectInfo, Store
+
+ROW_GROUP_ROWS = 128 * 1024
+COMPRESSION = "zstd"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DayJob:
+    """What to write for one (feed, day)."""
+
+    feed: Feed
+    day: date
+    step: int
+    """The window size in seconds."""
+    replaced: Spans
+    """The day's windows harvested in this commit: their rows are in ``spools``."""
+    spools: Sequence[Spool]
+    files: Sequence[FileRecord] = ()
+    """The day's files as the manifest records them."""
+    previous: Mapping[int, WindowRecord] = field(default_factory=dict)
+    """The manifest's records of the day's windows before this commit."""
+
+    @property
+    def span(self) -> Spans:
+        """The day, as an interval of epoch seconds."""
+        start = day_start(self.day)
+        return Spans.one(start, start + days.DAY)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DayResult:
+    """What a day looks like after it was written."""
+
+    files: tuple[FileRecord, ...]
+    """Every data file of the day afterwards (written or left alone)."""
+    dropped: tuple[str, ...] = ()
+    """Keys the day no longer has."""
+    window_rows: Mapping[int, int] = field(default_factory=dict)
+    """Rows per replaced window (by start)."""
+    unchanged: frozenset[int] = frozenset()
+    """Replaced windows whose rows are exactly what the lake already held."""
+    late: int = 0
+    """Rows the replaced windows gained over what the lake held."""
+    written: int = 0
+    """Files written."""
+
+    def files_of(self, start: int, end: int) -> tuple[str, ...]:
+        """The files holding rows of window ``[start, end)``."""
+        return tuple(f.key for f in self.files if f.windows.clip(start, end))
+
+
+class DayWriter:
+    """Writes days of one lake; ``staging`` is a local folder for the files being made."""
+
+    def __init__(self, store: Store, staging: Path, *, cap: int = days.FILE_ROWS) -> None:
+        self.store = store
+        self.staging = staging
+        self.cap = cap
+
+    async def write(self, job: DayJob) -> DayResult:
+        """Write ``job``'s day; see the module docstring for the three cases."""
+        if any(is_legacy(f.key) for f in job.files):
+            return await self._consolidate(job)
+        if not job.files:
+            return await self._fresh(job, kept=None, expect_main=ABSENT)
+        return await self._rewrite(job)
+
+    # --- the three cases ---------------------------------------------------------------
+
+    async def _fresh(
+        self, job: DayJob, *, kept: Spool | None, expect_main: Expect, dropped: Iterable[str] = ()
+    ) -> DayResult:
+        sources = [*job.spools, *([kept] if kept else [])]
+        wanted = job.span & (job.replaced | (_held_by(kept) if kept else Spans()))
+        new = await asyncio.to_thread(_rows, sources, wanted, job.feed.schema)
+        counts = days.window_counts(new, job.step)
+        window_rows = {s: n for s, n in counts.items() if job.replaced.containing(s)}
+        records: list[FileRecord] = []
+        for index, group in enumerate(days.split_windows(counts, job.step, cap=self.cap)):
+            first = group.pairs[0][0]
+            key = main_key(job.feed.name, job.day) if index == 0 else _key(job, first)
+            expect = expect_main if index == 0 else ABSENT
+            part = days.select(new, group)
+            records.append(await self._put(job, key, part, group, expect))
+        return DayResult(
+            files=tuple(records),
+            dropped=tuple(k for k in dropped if k not in {r.key for r in records}),
+            window_rows=window_rows,
+            written=len(records),
+        )
+
+    async def _rewrite(self, job: DayJob) -> DayResult:
+        files = {f.key: f for f in job.files}
+        held = Spans()
+        for record in job.files:
+            held = held | record.windows
+        targets = {key: record.windows & job.replaced for key, record in files.items()}
+        loose = (job.replaced & job.span) - held
+        main = main_key(job.feed.name, job.day)
+        if loose:
+            targets[main] = targets.get(main, Spans()) | loose
+        new = await asyncio.to_thread(_rows, job.spools, job.replaced & job.span, job.feed.schema)
+        counts = days.window_counts(new, job.step)
+        result_files: dict[str, FileRecord] = dict(files)
+        dropped: list[str] = []
+        unchanged: set[int] = set()
+        late = written = 0
+        for key, target in sorted(targets.items()):
+            if not target:
+                continue
+            record = files.get(key)
+            old = await self._read(record) if record else job.feed.schema.empty_table()
+            old_part = days.select(old, target)
+            new_part = days.select(new, target)
+            redone = [s for s, _ in _windows(target, job.step) if s in job.previous]
+            if record is not None and days.same_rows(old_part, new_part):
+                unchanged.update(redone)
+                continue
+            if redone:
+                late += max(0, new_part.num_rows - old_part.num_rows)
+            kept_part = days.select(old, Spans.one(0, 2**62) - target)
+            table = days.concat([kept_part, new_part], job.feed.schema)
+            windows = ((record.windows if record else Spans()) - target) | _present(
+                new_part, job.step
+            )
+            if not table.num_rows:
+                if record is not None:
+                    await self.store.delete(key, expect=record.version)
+                    dropped.append(key)
+                    result_files.pop(key, None)
+                continue
+            expect: Expect = record.version if record else ABSENT
+            result_files[key] = await self._put(job, key, table, windows, expect)
+            written += 1
+        window_rows = {s: n for s, n in counts.items() if job.replaced.containing(s)}
+        return DayResult(
+            files=tuple(sorted(result_files.values(), key=lambda f: f.key)),
+            dropped=tuple(dropped),
+            window_rows=window_rows,
+            unchanged=frozenset(unchanged),
+            late=late,
+            written=written,
+        )
+
+    async def _consolidate(self, job: DayJob) -> DayResult:
+        # Copy every row the day keeps aside first: the old files are deleted before the
+        # new main file appears (a reader may miss the day for a moment, never see it
+        # twice), and on local disk the old file *is* the copy we would read.
+        kept = Spool(self.staging / f"kept-{job.feed.name}-{job.day}.arrow", job.feed.schema)
+        try:
+            for record in job.files:
+                table = await self._read(record)
+                kept.append(days.select(table, Spans.one(0, 2**62) - job.replaced))
+            kept.close()
+            main = main_key(job.feed.name, job.day)
+            expect_main: Expect = ABSENT
+            for record in job.files:
+                if record.key == main:
+                    expect_main = record.version
+                else:
+                    await self.store.delete(record.key, expect=record.version)
+            result = await self._fresh(
+                job, kept=kept, expect_main=expect_main, dropped=[f.key for f in job.files]
+            )
+        finally:
+            kept.discard()
+        return result
+
+    # --- files -------------------------------------------------------------------------
+
+    async def _put(
+        self, job: DayJob, key: str, table: pa.Table, windows: Spans, expect: Expect
+    ) -> FileRecord:
+        staged = self.staging / f"{job.feed.name}-{key.rsplit('/', 1)[-1]}"
+        try:
+            await asyncio.to_thread(_write_parquet, staged, table, job.feed.schema)
+        except OSError as exc:
+            raise self.store.staging_error(exc, staged) from exc
+        try:
+            try:
+                info = await self.store.commit(staged, key, expect=expect)
+            except Conflict:
+                info = await self._settle(job, key, staged, expect)
+        finally:
+            staged.unlink(missing_ok=True)
+        return FileRecord(
+            key=key,
+            day=job.day.isoformat(),
+            size=info.size,
+            version=info.version,
+            rows=table.num_rows,
+            windows=windows,
+        )
+
+    async def _settle(self, job: DayJob, key: str, staged: Path, expect: Expect) -> ObjectInfo:
+        """After a conditional write failed: adopt files nobody recorded, or give up.
+
+        A file the manifest does not know was left by a run that died before recording
+        it: it holds no recorded window, so it is replaced (and any other such file of
+        the day removed). A write of ours whose answer was lost looks the same, and is
+        recognised by its content.
+        """
+        listed = {i.key: i for i in await self.store.list(day_folder(job.feed.name, job.day))}
+        recorded = {f.key for f in job.files}
+        found = listed.get(key)
+        if found is not None and _is_ours(found, staged):
+            return found
+        if expect is not ABSENT or found is None or key in recorded:
+            raise Conflict(
+                f"{self.store.url(key)} changed while this run was writing it; another run "
+                "wrote the same day: run the same command again"
+            )
+        for other in listed.values():
+            if other.key not in recorded and other.key != key and other.key.endswith(".parquet"):
+                with contextlib.suppress(Conflict):
+                    await self.store.delete(other.key, expect=other.version)
+        return await self.store.commit(staged, key, expect=found.version)
+
+    async def _read(self, record: FileRecord) -> pa.Table:
+        async with self.store.fetch(record.key) as found:
+            if found is None:
+                raise StorageError(
+                    f"{self.store.url(record.key)} is missing although the manifest records "
+                    "it; run `harvester verify --repair`"
+                )
+            path, _ = found
+            return await asyncio.to_thread(_read_parquet, path)
+
+
+def _key(job: DayJob, first: int) -> str:
+    return data_key(job.feed.name, job.day, first)
+
+
+def _windows(spans: Spans, step: int) -> Iterator[tuple[int, int]]:
+    for start, end in spans:
+        for s in range(start, end, step):
+            yield s, s + step
+
+
+def _present(table: pa.Table, step: int) -> Spans:
+    return Spans.of((s, s + step) for s in days.window_counts(table, step))
+
+
+def _held_by(spool: Spool) -> Spans:
+    return Spans.one(0, 2**62) if spool.rows else Spans()
+
+
+def _rows(spools: Sequence[Spool], wanted: Spans, schema: pa.Schema) -> pa.Table:
+    """The rows of ``spools`` in ``wanted`` (blocking: memory-maps and filters)."""
+    return days.concat([days.select(s.read(), wanted) for s in spools], schema)
+
+
+def _write_parquet(path: Path, table: pa.Table, schema: pa.Schema) -> None:
+    """Write ``table`` as one zstd Parquet file, durable before it is committed."""
+    with pq.ParquetWriter(path, schema, compression=COMPRESSION) as writer:
+        writer.write_table(table.cast(schema), ROW_GROUP_ROWS)
+
+
+def _read_parquet(path: Path) -> pa.Table:
+    return pq.read_table(path)
+
+
+def _is_ours(found: ObjectInfo, staged: Path) -> bool:
+    """Whether ``found`` is the staged file: its size, and (S3) its MD5 ETag."""
+    if not staged.exists() or found.size != staged.stat().st_size:
+        return False
+    digest = hashlib.md5(staged.read_bytes(), usedforsecurity=False).hexdigest()
+    return found.version.strip('"') == digest

@@ -1,0 +1,234 @@
+"""Leases: which run is working on a (feed, month) right now.
+
+Shards of one job run at once, and cron may start tonight's run while last night's is
+still going; a lock on the whole lake would serialise the shards for nothing. So a run
+takes a *lease* on each (feed, month) it is about to harvest: an object
+``_leases/{feed}/{YYYY-MM}.json`` naming its owner (run, host, process), a time-to-live
+and a fencing token, written by compare-and-set.
+
+* A month nobody holds, or whose lease expired, was released, or belongs to a process
+  that no longer exists on this host, is taken (the token goes up by one).
+* A month another live run holds is left to it: this run skips its windows and says so.
+* The run renews its leases every ``ttl / 3`` seconds. A renewal that fails means
+  another run took the lease after ours expired: that month is *lost*, and nothing of
+  it is committed (the manifest also refuses a partition written under a newer token).
+
+Expiry is wall-clock time, so hosts whose clocks differ by more than a fraction of the
+time-to-live could both believe they hold a lease; the fencing token and the manifest's
+compare-and-set keep the lake correct even then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+
+from harvester.errors import Conflict
+from harvester.retry import Sleep
+from harvester.storage import ABSENT, Expect, Store
+
+PREFIX = "_leases"
+TTL = 120.0
+"""Seconds a lease lives without renewal (default of ``--lease-ttl``)."""
+
+log = structlog.get_logger("harvester")
+
+Block = tuple[str, str]
+"""A (feed, month) lease."""
+
+
+def lease_key(feed: str, month: str) -> str:
+    """The lease object of one (feed, month)."""
+    return f"{PREFIX}/{feed}/{month}.json"
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot), or None if unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may hold spaces and brackets: the fields follow the last ")".
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+@dataclass(frozen=True, kw_only=True)
+class Owner:
+    """Who holds a lease: a run, and the process on a host that runs it."""
+
+    run_id: str
+    host: str
+    pid: int
+    started: int | None
+    """The process's start time (ticks since boot), so a reused pid is not mistaken."""
+
+    @classmethod
+    def current(cls, run_id: str) -> Owner:
+        """This process, running ``run_id``."""
+        pid = os.getpid()
+        return cls(run_id=run_id, host=socket.gethostname(), pid=pid, started=_start_ticks(pid))
+
+    def alive(self) -> bool | None:
+        """False when it surely is gone (same host, no such process); None if unknown."""
+        if self.host != socket.gethostname():
+            return None
+        if not Path("/proc").is_dir():
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:
+                return True
+            return True
+        started = _start_ticks(self.pid)
+        return started is not None and (self.started is None or started == self.started)
+
+    def __str__(self) -> str:
+        return f"run {self.run_id} (pid {self.pid} on {self.host})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Lease:
+    """A lease as stored."""
+
+    owner: Owner
+    token: int
+    expires: float
+    """Wall-clock time (epoch seconds) it lapses unless renewed."""
+    released: bool = False
+
+    def live(self, now: float) -> bool:
+        """Whether it still binds others."""
+        return not self.released and self.expires > now and self.owner.alive() is not False
+
+    def to_json(self) -> bytes:
+        """The stored form."""
+        return orjson.dumps({**asdict(self), "owner": asdict(self.owner)})
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Lease:
+        """Inverse of :meth:`to_json`; ValueError/KeyError/TypeError if damaged."""
+        body: dict[str, Any] = orjson.loads(data)
+        return cls(
+            owner=Owner(**body["owner"]),
+            token=int(body["token"]),
+            expires=float(body["expires"]),
+            released=bool(body.get("released", False)),
+        )
+
+
+class Leases:
+    """The leases of one run."""
+
+    def __init__(
+        self,
+        store: Store,
+        run_id: str,
+        *,
+        ttl: float = TTL,
+        clock: Callable[[], float] = time.time,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.store = store
+        self.owner = Owner.current(run_id)
+        self.ttl = ttl
+        self._clock = clock
+        self._sleep = sleep
+        self._held: dict[Block, tuple[int, str]] = {}  # token, version
+        self.lost: set[Block] = set()
+        self.holders: dict[Block, Owner] = {}
+        """Who held the blocks this run could not take."""
+        self._lock = asyncio.Lock()
+
+    def token(self, block: Block) -> int:
+        """This run's token for ``block`` (0 if it holds none)."""
+        held = self._held.get(block)
+        return held[0] if held else 0
+
+    def holds(self, block: Block) -> bool:
+        """Whether this run holds ``block`` and has not lost it."""
+        return block in self._held and block not in self.lost
+
+    async def acquire(self, block: Block) -> bool:
+        """Take ``block`` unless another live run holds it; True when this run holds it."""
+        async with self._lock:
+            if block in self._held:
+                return block not in self.lost
+            key = lease_key(*block)
+            for _ in range(8):
+                blob = await self.store.read(key)
+                expect: Expect = ABSENT
+                token = 1
+                if blob is not None:
+                    expect = blob.info.version
+                    try:
+                        current = Lease.from_json(blob.data)
+                    except (ValueError, KeyError, TypeError):
+                        current = None  # a damaged lease binds nobody
+                    if current is not None:
+                        token = current.token + 1
+                        if current.owner.run_id != self.owner.run_id and current.live(
+                            self._clock()
+                        ):
+                            self.holders[block] = current.owner
+                            return False
+                lease = Lease(owner=self.owner, token=token, expires=self._clock() + self.ttl)
+                try:
+                    info = await self.store.write(key, lease.to_json(), expect=expect)
+                except Conflict:
+                    continue  # another run moved first: look again
+                self._held[block] = (token, info.version)
+                return True
+            return False
+
+    async def renew(self) -> set[Block]:
+        """Extend every lease held; return the blocks lost since (taken by another run)."""
+        async with self._lock:
+            newly: set[Block] = set()
+            for block, (token, version) in list(self._held.items()):
+                if block in self.lost:
+                    continue
+                lease = Lease(owner=self.owner, token=token, expires=self._clock() + self.ttl)
+                try:
+                    info = await self.store.write(
+                        lease_key(*block), lease.to_json(), expect=version
+                    )
+                except Conflict:
+                    newly.add(block)
+                    log.error("lease.lost", feed=block[0], month=block[1], token=token)
+                    continue
+                self._held[block] = (token, info.version)
+            self.lost |= newly
+            return newly
+
+    async def release(self, block: Block) -> None:
+        """Give ``block`` up (best effort: an expired lease binds nobody anyway)."""
+        async with self._lock:
+            held = self._held.pop(block, None)
+            if held is None or block in self.lost:
+                return
+            token, version = held
+            lease = Lease(owner=self.owner, token=token, expires=0.0, released=True)
+            with contextlib.suppress(Conflict):
+                await self.store.write(lease_key(*block), lease.to_json(), expect=version)
+
+    async def release_all(self) -> None:
+        """Give up every lease held."""
+        for block in list(self._held):
+            await self.release(block)
+
+    async def keep_alive(self) -> None:
+        """Renew every ``ttl / 3`` seconds until cancelled."""
+        while True:
+            await self._sleep(self.ttl / 3)
+            await self.renew()

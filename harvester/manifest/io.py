@@ -1,0 +1,195 @@
+"""Reading and writing the manifest with conditional writes (compare-and-set).
+
+Keys, relative to the lake::
+
+    _manifest/_head.json              the head (one object)
+    _manifest/{feed}/{YYYY-MM}.json   one partition per feed and month
+
+Every update is a loop: read the object and its version, compute the new object with a
+pure, idempotent function, write it on condition that the version is still the one
+read (``If-Match``; ``If-None-Match`` for a new object), and on a conflict read again
+and recompute. Several shards update the head at once this way without a lock, and a
+write whose success was lost (a retried PUT that answers 412) is simply recomputed: the
+function is idempotent, so the object ends as if it had been written once.
+
+A damaged object never stops the lake. A damaged partition reads as empty, so its
+windows are harvested again and the next write replaces it; a damaged head is rebuilt
+from the partitions. Both are logged as ``manifest.damaged``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import orjson
+import structlog
+
+from harvester.errors import Conflict, StorageError
+from harvester.manifest.model import Head, Partition
+from harvester.retry import Sleep
+from harvester.storage import ABSENT, Expect, Store
+
+PREFIX = "_manifest"
+HEAD_KEY = f"{PREFIX}/_head.json"
+PARTITION = re.compile(rf"^{PREFIX}/(?P<feed>[a-z_]+)/(?P<month>\d{{4}}-\d{{2}})\.json$")
+ATTEMPTS = 64
+"""Compare-and-set attempts before giving up (each one lost a race to another writer)."""
+PARALLEL = 16
+
+log = structlog.get_logger("harvester")
+
+
+def partition_key(feed: str, month: str) -> str:
+    """The object of one (feed, month)."""
+    return f"{PREFIX}/{feed}/{month}.json"
+
+
+class Fenced(StorageError):
+    """A newer lease holder has written this partition: this run must not write it."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Versioned:
+    """A partition as read, with the version to write it back on condition of."""
+
+    part: Partition
+    version: str | None
+    """None: the object does not exist (or was damaged: see ``damaged``)."""
+    damaged: str | None = None
+    """The version of a damaged object that this empty partition stands in for."""
+
+    @property
+    def expect(self) -> Expect:
+        """The condition for writing it back."""
+        if self.version is not None:
+            return self.version
+        return self.damaged if self.damaged is not None else ABSENT
+
+
+class Manifest:
+    """The manifest of the lake in ``store``."""
+
+    def __init__(self, store: Store, *, sleep: Sleep = asyncio.sleep) -> None:
+        self.store = store
+        self._sleep = sleep
+
+    # --- reading ---------------------------------------------------------------------
+
+    async def read_head(self) -> tuple[Head | None, Expect]:
+        """The head and the condition to write it back; None when there is none (or damaged)."""
+        blob = await self.store.read(HEAD_KEY)
+        if blob is None:
+            return None, ABSENT
+        try:
+            return Head.from_json(orjson.loads(blob.data)), blob.info.version
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("manifest.damaged", key=HEAD_KEY, error=str(exc))
+            return None, blob.info.version
+
+    async def read_partition(self, feed: str, month: str) -> Versioned:
+        """One partition; an empty one when it does not exist or is damaged."""
+        key = partition_key(feed, month)
+        blob = await self.store.read(key)
+        empty = Partition(feed=feed, month=month)
+        if blob is None:
+            return Versioned(part=empty, version=None)
+        try:
+            part = Partition.from_json(orjson.loads(blob.data))
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            log.warning("manifest.damaged", key=key, error=str(exc))
+            return Versioned(part=empty, version=None, damaged=blob.info.version)
+        if (part.feed, part.month) != (feed, month):
+            log.warning("manifest.damaged", key=key, error="names another feed or month")
+            return Versioned(part=empty, version=None, damaged=blob.info.version)
+        return Versioned(part=part, version=blob.info.version)
+
+    async def read_partitions(self, feed: str, months: Iterable[str]) -> dict[str, Versioned]:
+        """Several partitions of ``feed``, read concurrently."""
+        gate = asyncio.Semaphore(PARALLEL)
+
+        async def one(month: str) -> Versioned:
+            async with gate:
+                return await self.read_partition(feed, month)
+
+        async with asyncio.TaskGroup() as group:
+            tasks = {m: group.create_task(one(m)) for m in dict.fromkeys(months)}
+        return {m: t.result() for m, t in tasks.items()}
+
+    # --- writing ---------------------------------------------------------------------
+
+    async def update_partition(
+        self,
+        feed: str,
+        month: str,
+        change: Callable[[Partition], Partition],
+        *,
+        token: int = 0,
+    ) -> Versioned:
+        """Apply ``change`` to the partition until a conditional write of it succeeds.
+
+        ``token`` is the writer's lease token: a partition already written under a newer
+        lease raises :class:`Fenced` instead of being overwritten.
+        """
+        for attempt in range(ATTEMPTS):
+            current = await self.read_partition(feed, month)
+            if current.part.token > token:
+                raise Fenced(
+                    f"{partition_key(feed, month)} was written under lease {current.part.token}, "
+                    f"newer than this run's {token}: another run took over {feed} {month}"
+                )
+            new = change(current.part)
+            if token:
+                new = new.with_changes(token=token)
+            data = orjson.dumps(new.to_json())
+            try:
+                info = await self.store.write(
+                    partition_key(feed, month), data, expect=current.expect
+                )
+            except Conflict:
+                await self._backoff(attempt)
+                continue
+            return Versioned(part=new, version=info.version)
+        raise Conflict(
+            f"{partition_key(feed, month)}: lost {ATTEMPTS} races to other writers in a row; "
+            "run the same command again"
+        )
+
+    async def update_head(self, change: Callable[[Head | None], Head]) -> Head:
+        """Apply ``change`` to the head (None when there is none) until a write succeeds."""
+        for attempt in range(ATTEMPTS):
+            head, expect = await self.read_head()
+            new = change(head)
+            try:
+                await self.store.write(HEAD_KEY, orjson.dumps(new.to_json()), expect=expect)
+            except Conflict:
+                await self._backoff(attempt)
+                continue
+            return new
+        raise Conflict(
+            f"{HEAD_KEY}: lost {ATTEMPTS} races to other writers in a row; "
+            "run the same command again"
+        )
+
+    async def _backoff(self, attempt: int) -> None:
+        # Races are short: a little jitter keeps two writers from colliding in step.
+        await self._sleep(random.uniform(0, min(0.5, 0.005 * 2 ** min(attempt, 7))))
+
+    # --- the whole history (repairs and migration only) ------------------------------
+
+    async def all_partitions(self) -> list[Versioned]:
+        """Every partition of every feed: one listing and a read each (repairs only)."""
+        infos = await self.store.list(f"{PREFIX}/")
+        names = [m for i in infos if (m := PARTITION.match(i.key))]
+        gate = asyncio.Semaphore(PARALLEL)
+
+        async def one(feed: str, month: str) -> Versioned:
+            async with gate:
+                return await self.read_partition(feed, month)
+
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(m["feed"], m["month"])) for m in names]
+        return [t.result() for t in tasks]
