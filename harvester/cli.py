@@ -123,6 +123,11 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help=f"time limit of one request, in seconds{_default('request_timeout')}",
     )
     add("--s3-endpoint-url", metavar="URL", help="S3-compatible endpoint (MinIO, Ceph, ...)")
+    add(
+        "--s3-multipart-threshold",
+        metavar="BYTES",
+        help=f"upload files this big or bigger to S3 in parts{_default('s3_multipart_threshold')}",
+    )
     add("--shard", metavar="I/N", help="harvest only shard I of N (0-based)")
     add(
         "--shards",
@@ -265,8 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-span", type=_sim_span, help="refuse longer after..before ranges (e.g. 7d, 12h)")
     add("--max-offset", type=int, help="refuse larger offsets with a 400")
     add("--item-padding", type=int, help="characters of an extra 'padding' field on each item")
-    add("--insert-while-paging", type=int, metavar="N",
-        help="insert N records at a query's head after each full page at offset > 0")
+    add(
+        "--insert-while-paging",
+        type=int,
+        metavar="N",
+        help="insert N records at a query's head after each full page at offset > 0",
+    )
     add("--insert-limit", type=int, metavar="N", help="insert at most N records in all")
     add("--endless-body-rate", type=float, help="share of 200s whose body never ends")
     add("--trickle-rate", type=float, help="share of 200s sent very slowly")

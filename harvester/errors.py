@@ -26,6 +26,8 @@ contains the API key.
         ├── StorageFull          a disk is full (the lake, or the local staging
         │                        folder of an S3 run): the run stops
         ├── TransientStorageError  S3 5xx, SlowDown, reset: retried
+        ├── Conflict             a conditional write or delete lost a race: the
+        │                        caller re-reads and retries; never fatal
         └── CatalogError         Glue said no: denied, credentials, no database
 
 Which errors stop a whole run and which fail only the window they happen in is decided
@@ -124,6 +126,14 @@ class StorageFull(StorageError):
 
 class TransientStorageError(StorageError):
     """An S3 hiccup (5xx, SlowDown, reset) that is retried."""
+
+
+class Conflict(StorageError):
+    """A conditional write or delete lost a race: the object is not the version expected.
+
+    The caller re-reads and retries; never fatal, never retried by the store (a retry
+    with the same expectation would fail the same way).
+    """
 
 
 class CatalogError(StorageError):
