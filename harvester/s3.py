@@ -434,12 +434,16 @@ class S3Store(Store):
 
     async def _abort(self, key: str, upload_id: str) -> None:
         """Abort an upload, best effort: a failure is logged, never raised over the cause."""
-        abort = functools.partial(
-            self._client.abort_multipart_upload,
-            Bucket=self.bucket,
-            Key=self._full(key),
-            UploadId=upload_id,
-        )
+
+        def abort() -> None:
+            try:
+                self._client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=self._full(key), UploadId=upload_id
+                )
+            except ClientError as exc:
+                if _code(exc) != "NoSuchUpload":  # already completed or aborted: fine
+                    raise
+
         try:
             await self._call(_Op("aborting", "s3:AbortMultipartUpload", key), abort)
         except HarvesterError as exc:

@@ -152,7 +152,10 @@ def is_part_or_complete(method: str, path_qs: str) -> bool:
 
 @dataclass
 class ProxyStats:
-    """What the proxy saw: requests forwarded and faults injected, by kind."""
+    """What the proxy saw: requests, faults, and the headers of every matching request.
+
+    Each fault is listed as ``"kind METHOD path?query"``.
+    """
 
     requests: int = 0
     faults: int = 0
@@ -253,7 +256,7 @@ class FaultProxy:
         if kind is not None:
             self.stats.faults += 1
             self.stats.kinds[kind] += 1
-            self.stats.faulted.append(f"{request.method} {request.path_qs}")
+            self.stats.faulted.append(f"{kind} {request.method} {request.path_qs}")
             if kind == "lost":
                 await self._forward(request, body)
                 return self._reset(request)
