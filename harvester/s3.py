@@ -278,7 +278,8 @@ class S3Store(Store):
     async def commit(self, staged: Path, key: str, *, expect: Expect = None) -> ObjectInfo:
         """Upload the staged file, conditional on ``expect``: one PUT, or multipart when big.
 
-        A multipart upload is completed with the condition; any failure aborts it. When
+        Below ``multipart_threshold`` it is one PUT, as :meth:`write` (a ``412`` after a
+        lost response is a Conflict there too). A multipart upload is completed with the condition; any failure aborts it. When
         a completion's response is lost and the retry finds the upload gone
         (``NoSuchUpload``) or the condition failing, a HEAD tells whether the object now
         carries this upload's ETag (the MD5 of the parts' MD5s, ``-N``): then it did

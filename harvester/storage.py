@@ -302,7 +302,7 @@ class LocalStore(Store):
         """Check ``expect`` and rename ``staged`` to ``key``, atomically; sync the folder."""
         target = self._path(key)
         with _locked(target.parent):
-            current = _check(target, key, expect)
+            current = _check(target, expect)
             # A new version must differ from every earlier one of this key; a
             # coarse clock or a reused inode could otherwise repeat a version.
             stamp = time.time_ns()
@@ -326,7 +326,7 @@ class LocalStore(Store):
                     raise Conflict(f"{target} does not exist; expected version {expect}")
                 return
             with _locked(target.parent):
-                _check(target, key, expect)
+                _check(target, expect)
                 target.unlink(missing_ok=True)
             _fsync_dir(target.parent)
         except OSError as exc:
@@ -434,7 +434,7 @@ def _locked(folder: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _check(target: Path, key: str, expect: Expect) -> os.stat_result | None:
+def _check(target: Path, expect: Expect) -> os.stat_result | None:
     """The target's stat now (``None`` if missing); raise Conflict unless ``expect`` holds."""
     try:
         current: os.stat_result | None = os.stat(target)
