@@ -279,11 +279,11 @@ class S3Store(Store):
         """Upload the staged file, conditional on ``expect``: one PUT, or multipart when big.
 
         Below ``multipart_threshold`` it is one PUT, as :meth:`write` (a ``412`` after a
-        lost response is a Conflict there too). A multipart upload is completed with the condition; any failure aborts it. When
-        a completion's response is lost and the retry finds the upload gone
-        (``NoSuchUpload``) or the condition failing, a HEAD tells whether the object now
-        carries this upload's ETag (the MD5 of the parts' MD5s, ``-N``): then it did
-        complete, and the commit succeeds.
+        lost response is a Conflict there too). A multipart upload is completed with the
+        condition; any failure aborts it. When a completion's response is lost and the
+        retry finds the upload gone (``NoSuchUpload``) or the condition failing, a HEAD
+        tells whether the object now carries this upload's ETag (the MD5 of the parts'
+        MD5s, ``-N``): then it did complete, and the commit succeeds.
         """
         try:
             size = (await asyncio.to_thread(staged.stat)).st_size
