@@ -64,10 +64,9 @@ def url(sim: SimulatorThread | Simulator, feed: str) -> str:
 
 def get(sim: SimulatorThread, feed: str, params: Mapping[str, str]) -> Reply:
     async def run() -> Reply:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(url(sim, feed), params=params, headers=AUTH) as response,
-        ):
+        async with aiohttp.ClientSession() as session, session.get(
+            url(sim, feed), params=params, headers=AUTH
+        ) as response:
             return Reply(response.status, dict(response.headers), await response.read())
 
     return asyncio.run(run())
@@ -95,9 +94,8 @@ def serving(dataset: DatasetSpec = SPEC, **options: Any) -> SimulatorThread:
     return SimulatorThread(ServerOptions(dataset=dataset, **options))
 
 
-def truth(
-    sim: SimulatorThread, feed: str = "ips", start: datetime = DAY0, end: datetime = DAY1
-) -> list[dict[str, Any]]:
+def truth(sim: SimulatorThread, feed: str = "ips", start: datetime = DAY0,
+          end: datetime = DAY1) -> list[dict[str, Any]]:
     return sim.dataset.truth(feed, start, end, confidence=0, severity=0)
 
 
@@ -168,10 +166,8 @@ def test_max_span_refuses_longer_ranges_with_the_error_envelope() -> None:
 def test_max_span_applies_to_the_default_bounds() -> None:
     """A missing after or before means one day, which a 12-hour max_span refuses."""
     with serving(max_span=timedelta(hours=12)) as sim:
-        refused = [
-            get(sim, "ips", params).status
-            for params in ({"before": api(DAY1)}, {"after": api(DAY0)}, {})
-        ]
+        refused = [get(sim, "ips", params).status
+                   for params in ({"before": api(DAY1)}, {"after": api(DAY0)}, {})]
         assert refused == [400, 400, 400]
         assert get(sim, "ips", window(DAY0, DAY0 + timedelta(hours=12))).status == 200
         assert get(sim, "ips", {"after": "yesterday"}).status == 400
@@ -289,11 +285,8 @@ def test_inserted_records_stay_inside_the_queried_range(
     """Inserted timestamps lie in the range the server serves, from its newest record on."""
     start, end = DAY0 + timedelta(hours=1, seconds=7), DAY0 + timedelta(hours=9, seconds=3)
     params = window(start, end, **ALL, limit="5")
-    with serving(
-        after_inclusive=after_inclusive,
-        before_inclusive=before_inclusive,
-        faults=Faults(insert_while_paging=40),
-    ) as sim:
+    with serving(after_inclusive=after_inclusive, before_inclusive=before_inclusive,
+                 faults=Faults(insert_while_paging=40)) as sim:
         before = walk_free(sim, "urls", params)
         page(sim, "urls", params, 5)
         after = walk_free(sim, "urls", params)
@@ -348,9 +341,8 @@ def test_truth_is_consistent_while_the_server_inserts() -> None:
 
                 # Pages in flight at once; rounds until the insert budget is spent.
                 while await asyncio.to_thread(lambda: sim.stats.rows_inserted) < 300:
-                    await asyncio.gather(
-                        *(one(feed, offset) for feed in before for offset in range(5, 400, 5))
-                    )
+                    await asyncio.gather(*(one(feed, offset) for feed in before
+                                           for offset in range(5, 400, 5)))
 
         reader = threading.Thread(target=read)
         reader.start()
@@ -440,7 +432,8 @@ def test_item_padding_makes_pages_as_big_as_asked() -> None:
     assert reply.status == 200 and len(reply.body) > 4000 * 5000
     items = reply.json()["data"]["items"]
     assert len(items) == 4000 and all(i in expected for i in items)
-    assert all(isinstance(i["padding"], str) and len(i["padding"]) == 5000 for i in [*items, *late])
+    assert all(isinstance(i["padding"], str) and len(i["padding"]) == 5000
+               for i in [*items, *late])
     with pytest.raises(ValueError, match="item_padding"):
         DatasetSpec(item_padding=-1)
 
@@ -486,10 +479,9 @@ def test_trickle_times_out_a_client_mid_body() -> None:
 
         async def run() -> tuple[int, int, int]:
             timeout = aiohttp.ClientTimeout(total=1.0)
-            async with (
-                aiohttp.ClientSession(timeout=timeout) as session,
-                session.get(url(sim, "ips"), params=window(**ALL), headers=AUTH) as response,
-            ):
+            async with aiohttp.ClientSession(timeout=timeout) as session, session.get(
+                url(sim, "ips"), params=window(**ALL), headers=AUTH
+            ) as response:
                 received: list[int] = []
 
                 async def drain() -> None:
@@ -528,10 +520,9 @@ def test_async_simulator_counts_open_streams() -> None:
         faults = Faults(trickle_rate=1.0, trickle_bytes_per_second=4000)
         async with Simulator(ServerOptions(dataset=SPEC, faults=faults)) as sim:
             timeout = aiohttp.ClientTimeout(total=0.5)
-            async with (
-                aiohttp.ClientSession(timeout=timeout) as session,
-                session.get(url(sim, "ips"), params=window(**ALL), headers=AUTH) as response,
-            ):
+            async with aiohttp.ClientSession(timeout=timeout) as session, session.get(
+                url(sim, "ips"), params=window(**ALL), headers=AUTH
+            ) as response:
                 assert sim.open_streams == 1
                 with pytest.raises(TimeoutError):
                     await response.read()
@@ -577,45 +568,20 @@ def _free_port() -> int:
 def test_simulate_command_serves_the_new_options() -> None:
     """The simulate command's --max-span, --max-offset, --item-padding ... take effect."""
     port = _free_port()
-    args = [
-        "simulate",
-        "--port",
-        str(port),
-        "--seed",
-        "11",
-        "--rows-per-day",
-        "150",
-        "--max-limit",
-        "10",
-        "--max-span",
-        "2d",
-        "--max-offset",
-        "50",
-        "--item-padding",
-        "7",
-        "--insert-while-paging",
-        "2",
-        "--insert-limit",
-        "3",
-    ]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "harvester", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    args = ["simulate", "--port", str(port), "--seed", "11", "--rows-per-day", "150",
+            "--max-limit", "10", "--max-span", "2d", "--max-offset", "50",
+            "--item-padding", "7", "--insert-while-paging", "2", "--insert-limit", "3"]
+    process = subprocess.Popen([sys.executable, "-m", "harvester", *args],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         base = f"http://127.0.0.1:{port}/api/v2/iocs/feeds/ips"
 
         async def statuses() -> list[Any]:
             async with aiohttp.ClientSession() as session:
                 out = []
-                for params in (
-                    window(DAY0, DAY0 + timedelta(days=3)),
-                    window(offset="51"),
-                    window(**ALL, offset="10"),
-                    window(**ALL, offset="20"),
-                    window(**ALL, offset="30"),
-                ):
+                for params in (window(DAY0, DAY0 + timedelta(days=3)), window(offset="51"),
+                               window(**ALL, offset="10"), window(**ALL, offset="20"),
+                               window(**ALL, offset="30")):
                     async with session.get(base, params=params, headers=AUTH) as r:
                         out.append((r.status, await r.json()))
                 async with session.get(base.split("/api")[0] + "/_sim/stats") as r:
@@ -642,12 +608,8 @@ def test_simulate_command_serves_the_new_options() -> None:
 
 @pytest.mark.parametrize(
     ("flags", "message"),
-    [
-        (["--trickle-rate", "2"], "within 0..1"),
-        (["--max-span", "soon"], "--max-span"),
-        (["--insert-limit", "-3"], "insert_limit"),
-        (["--item-padding", "-1"], "item_padding"),
-    ],
+    [(["--trickle-rate", "2"], "within 0..1"), (["--max-span", "soon"], "--max-span"),
+     (["--insert-limit", "-3"], "insert_limit"), (["--item-padding", "-1"], "item_padding")],
 )
 def test_simulate_command_refuses_bad_values_in_one_line(flags: list[str], message: str) -> None:
     """A bad simulator flag is exit 2 with one line naming it, before anything listens."""

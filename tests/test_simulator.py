@@ -64,19 +64,14 @@ class Reply:
         return orjson.loads(self.body)
 
 
-async def _get(
-    session: aiohttp.ClientSession, url: str, params: Mapping[str, str], headers: Mapping[str, str]
-) -> Reply:
+async def _get(session: aiohttp.ClientSession, url: str, params: Mapping[str, str],
+               headers: Mapping[str, str]) -> Reply:
     async with session.get(url, params=params, headers=headers) as response:
         return Reply(response.status, dict(response.headers), await response.read())
 
 
-def get(
-    sim: SimulatorThread,
-    feed: str = "ips",
-    params: Mapping[str, str] | None = None,
-    headers: Mapping[str, str] = AUTH,
-) -> Reply:
+def get(sim: SimulatorThread, feed: str = "ips", params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] = AUTH) -> Reply:
     async def run() -> Reply:
         async with aiohttp.ClientSession() as session:
             return await _get(session, f"{sim.url}/api/v2/iocs/feeds/{feed}", params or {}, headers)
@@ -108,22 +103,12 @@ def window(after: datetime = DAY0, before: datetime = DAY1, /, **extra: str) -> 
     return {"after": api(after), "before": api(before), **extra}
 
 
-def select(
-    sim: SimulatorThread,
-    feed: str,
-    after: datetime | None = DAY0,
-    before: datetime = DAY1,
-    **filters: Any,
-) -> list[dict[str, Any]]:
+def select(sim: SimulatorThread, feed: str, after: datetime | None = DAY0, before: datetime = DAY1,
+           **filters: Any) -> list[dict[str, Any]]:
     opts = sim.options
-    records = sim.dataset.select(
-        feed,
-        after=after,
-        before=before,
-        after_inclusive=opts.after_inclusive,
-        before_inclusive=opts.before_inclusive,
-        **filters,
-    )
+    records = sim.dataset.select(feed, after=after, before=before,
+                                 after_inclusive=opts.after_inclusive,
+                                 before_inclusive=opts.before_inclusive, **filters)
     return [r.item for r in records]
 
 
@@ -140,10 +125,8 @@ def sim(dataset: Dataset) -> Iterator[SimulatorThread]:
 
 @pytest.fixture(scope="module")
 def sims(dataset: Dataset) -> Iterator[dict[int, SimulatorThread]]:
-    servers = {
-        n: SimulatorThread(ServerOptions(dataset=SPEC, max_limit=n), dataset=dataset)
-        for n in (7, 64, 1000)
-    }
+    servers = {n: SimulatorThread(ServerOptions(dataset=SPEC, max_limit=n), dataset=dataset)
+               for n in (7, 64, 1000)}
     for server in servers.values():
         server.start()
     yield servers
@@ -174,13 +157,8 @@ def test_success_envelope_has_exactly_the_documented_shape(sim: SimulatorThread)
 
 @pytest.mark.parametrize(
     ("headers", "params"),
-    [
-        ({}, {}),
-        ({"Authorization": "Bearer nope"}, {}),
-        ({}, {"api_key": "nope"}),
-        ({"Authorization": KEY}, {}),
-        ({"Authorization": f"Token {KEY}"}, {}),
-    ],
+    [({}, {}), ({"Authorization": "Bearer nope"}, {}), ({}, {"api_key": "nope"}),
+     ({"Authorization": KEY}, {}), ({"Authorization": f"Token {KEY}"}, {})],
 )
 def test_bad_or_missing_key_gets_the_documented_401(
     sim: SimulatorThread, headers: dict[str, str], params: dict[str, str]
@@ -201,15 +179,8 @@ def test_both_key_forms_are_accepted(sim: SimulatorThread) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad",
-    [
-        "2024-01-01",
-        "2024-01-01T00:00:00",
-        "2024-01-01T00:00:00+00:00",
-        "2024-01-01T00:00:00.000Z",
-        "2024-13-01T00:00:00Z",
-        "2024-01-01 00:00:00Z",
-    ],
+    "bad", ["2024-01-01", "2024-01-01T00:00:00", "2024-01-01T00:00:00+00:00",
+            "2024-01-01T00:00:00.000Z", "2024-13-01T00:00:00Z", "2024-01-01 00:00:00Z"],
 )
 @pytest.mark.parametrize("name", ["after", "before"])
 def test_dates_not_in_the_exact_format_are_400(sim: SimulatorThread, name: str, bad: str) -> None:
@@ -222,22 +193,10 @@ def test_dates_not_in_the_exact_format_are_400(sim: SimulatorThread, name: str, 
 
 @pytest.mark.parametrize(
     "params",
-    [
-        {"limit": "0"},
-        {"limit": "-1"},
-        {"limit": "ten"},
-        {"offset": "-1"},
-        {"offset": "1.5"},
-        {"confidence": "101"},
-        {"severity": "high"},
-        {"org_only": "yes"},
-        {"user_only": "1"},
-        {"sample_id": "abc"},
-        {"org-only": "true"},
-        {"domain": "x.com"},
-        {"ip": "not-an-ip"},
-        {"page": "2"},
-    ],
+    [{"limit": "0"}, {"limit": "-1"}, {"limit": "ten"}, {"offset": "-1"}, {"offset": "1.5"},
+     {"confidence": "101"}, {"severity": "high"}, {"org_only": "yes"}, {"user_only": "1"},
+     {"sample_id": "abc"}, {"org-only": "true"}, {"domain": "x.com"}, {"ip": "not-an-ip"},
+     {"page": "2"}],
 )
 def test_invalid_or_unknown_parameters_are_400(
     sim: SimulatorThread, params: dict[str, str]
@@ -295,13 +254,8 @@ def test_items_come_newest_first(sim: SimulatorThread) -> None:
     score=st.sampled_from([0, 50, 80, 95]),
 )
 def test_pages_reassemble_to_select(
-    sims: dict[int, SimulatorThread],
-    max_limit: int,
-    limit: int,
-    feed: str,
-    start: int,
-    span: int,
-    score: int,
+    sims: dict[int, SimulatorThread], max_limit: int, limit: int, feed: str, start: int,
+    span: int, score: int,
 ) -> None:
     """Paging through every offset returns exactly Dataset.select, for any limit/max_limit."""
     sim = sims[max_limit]
@@ -366,9 +320,8 @@ def test_result_restrictions(sim: SimulatorThread) -> None:
     streams = page_all(sim, "network_streams", window(**ALL, port="443"))
     assert streams and all(443 in (s["src_port"], s["dst_port"]) for s in streams)
     dst = streams[0]["dst"]
-    assert all(
-        dst in (s["src"], s["dst"]) for s in page_all(sim, "network_streams", window(**ALL, ip=dst))
-    )
+    assert all(dst in (s["src"], s["dst"])
+               for s in page_all(sim, "network_streams", window(**ALL, ip=dst)))
     art = page_all(sim, "artifacts", window(**ALL))[3]
     for key, field_name in (("sha256", "artifact_sha256"), ("md5", "artifact_md5")):
         found = page_all(sim, "artifacts", window(**ALL, **{key: art[field_name]}))
@@ -414,14 +367,8 @@ def _digest(seed: int, hash_seed: str | None = None) -> str:
         return str(scope["digest"])
     env = {**os.environ, "PYTHONHASHSEED": hash_seed}
     root = Path(__file__).resolve().parents[1]
-    run = subprocess.run(
-        [sys.executable, "-c", code + "print(digest)"],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=root,
-    )
+    run = subprocess.run([sys.executable, "-c", code + "print(digest)"], env=env, check=True,
+                         capture_output=True, text=True, cwd=root)
     return run.stdout.strip()
 
 
@@ -456,11 +403,8 @@ def test_every_day_with_records_has_boundary_records(dataset: Dataset) -> None:
             assert any(t.endswith(":45:00Z") for t in times)
             assert max(Counter(r.ts for r in records).values()) >= 3
             assert all(a.ts >= b.ts for a, b in itertools.pairwise(records))
-            assert all(
-                datetime.fromtimestamp(r.ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-                == r.item["timestamp"]
-                for r in records
-            )
+            assert all(datetime.fromtimestamp(r.ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                       == r.item["timestamp"] for r in records)
     assert seen_days > 50
 
 
@@ -476,11 +420,8 @@ def test_counts_vary_by_day_and_dense_days_override() -> None:
 def test_items_look_like_real_ones(dataset: Dataset) -> None:
     """Items carry IPv6, IDN, >2000-char URLs, Unicode paths/keys, nulls and extra fields."""
     items: dict[str, list[dict[str, Any]]] = {
-        feed: [
-            r.item
-            for n in range(20)
-            for r in dataset.day(feed, date(2024, 3, 1) + timedelta(days=n))
-        ]
+        feed: [r.item for n in range(20)
+               for r in dataset.day(feed, date(2024, 3, 1) + timedelta(days=n))]
         for feed in FEEDS
     }
     assert any(":" in i["ip"] for i in items["ips"]) and any("." in i["ip"] for i in items["ips"])
@@ -491,9 +432,8 @@ def test_items_look_like_real_ones(dataset: Dataset) -> None:
     assert any(i["path"] and i["path"].startswith("/") for i in items["paths"])
     keys = [i["registry_key"] for i in items["registry_keys"]]
     assert any(key and not key.isascii() for key in keys)
-    assert all(
-        "sample_sha256" not in i and isinstance(i["aid"], int | None) for i in items["artifacts"]
-    )
+    assert all("sample_sha256" not in i and isinstance(i["aid"], int | None)
+               for i in items["artifacts"])
     known = {name for feed in FEEDS.values() for name, _ in feed.fields}
     extras = [i for feed_items in items.values() for i in feed_items if set(i) - known]
     assert any(isinstance(i.get("family"), dict) for i in extras)
@@ -524,10 +464,8 @@ def test_rate_limit_answers_429_with_integer_retry_after() -> None:
         replies = [get(sim, "ips", window()) for _ in range(8)]
         limited = [r for r in replies if r.status == 429]
         assert limited and replies[0].status == 200
-        assert all(
-            r.headers["Retry-After"].isdigit() and int(r.headers["Retry-After"]) >= 1
-            for r in limited
-        )
+        assert all(r.headers["Retry-After"].isdigit() and int(r.headers["Retry-After"]) >= 1
+                   for r in limited)
         assert all(r.json()["error"]["code"] == 429 for r in limited)
         assert sim.stats.rate_limited == len(limited)
 

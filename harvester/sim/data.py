@@ -183,10 +183,8 @@ class Dataset:
         if lo > hi:
             raise ValueError(f"the span {start} .. {end} holds no whole second")
         rng, _ = self._next_addition(feed, count)
-        made = [
-            _fresh(self._spec, feed, rng, lo + int(rng.random() * (hi - lo + 1)))
-            for _ in range(count)
-        ]
+        made = [_fresh(self._spec, feed, rng, lo + int(rng.random() * (hi - lo + 1)))
+                for _ in range(count)]
         return self._store(feed, made)
 
     def insert_at_head(
@@ -273,7 +271,9 @@ class Dataset:
         with self._lock:
             number = self._additions[feed]
             self._additions[feed] = number + 1
-        seed = hashlib.blake2b(f"{self._spec.seed}|{feed}|added|{number}".encode(), digest_size=16)
+        seed = hashlib.blake2b(
+            f"{self._spec.seed}|{feed}|added|{number}".encode(), digest_size=16
+        )
         return random.Random(int.from_bytes(seed.digest(), "big")), count
 
     def _store(self, feed: str, made: list[SimRecord]) -> list[dict[str, Any]]:
