@@ -270,12 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-span", type=_sim_span, help="refuse longer after..before ranges (e.g. 7d, 12h)")
     add("--max-offset", type=int, help="refuse larger offsets with a 400")
     add("--item-padding", type=int, help="characters of an extra 'padding' field on each item")
-    add(
-        "--insert-while-paging",
-        type=int,
-        metavar="N",
-        help="insert N records at a query's head after each full page at offset > 0",
-    )
+    add("--insert-while-paging", type=int, metavar="N",
+        help="insert N records at a query's head after each full page at offset > 0")
     add("--insert-limit", type=int, metavar="N", help="insert at most N records in all")
     add("--endless-body-rate", type=float, help="share of 200s whose body never ends")
     add("--trickle-rate", type=float, help="share of 200s sent very slowly")
