@@ -113,13 +113,21 @@ def prepare(
         key = api_key
     else:
         key = api_key_from_env() if api_key is None else Secret(api_key)
-    store = store or open_store(config.out, s3_endpoint_url=config.s3_endpoint_url)
+    store = store or open_store(
+        config.out,
+        s3_endpoint_url=config.s3_endpoint_url,
+        multipart_threshold=config.s3_multipart_threshold,
+    )
     return Harvest(config, api_key=key, store=store, sleep=sleep, clock=clock)
 
 
 async def aplan(config: HarvestConfig, *, store: Store | None = None) -> dict[str, Any]:
     """What a harvest would do, from the lake's manifest alone; no API call."""
-    own = store or open_store(config.out, s3_endpoint_url=config.s3_endpoint_url)
+    own = store or open_store(
+        config.out,
+        s3_endpoint_url=config.s3_endpoint_url,
+        multipart_threshold=config.s3_multipart_threshold,
+    )
     try:
         return describe_plan(await plan(config, own), config.shard.count, config.feeds)
     finally:

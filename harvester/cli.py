@@ -131,6 +131,11 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help=f"time limit of one request, in seconds{_default('request_timeout')}",
     )
     add("--s3-endpoint-url", metavar="URL", help="S3-compatible endpoint (MinIO, Ceph, ...)")
+    add(
+        "--s3-multipart-threshold",
+        metavar="BYTES",
+        help=f"upload files this big or bigger to S3 in parts{_default('s3_multipart_threshold')}",
+    )
     add("--shard", metavar="I/N", help="harvest only shard I of N (0-based)")
     add(
         "--shards",

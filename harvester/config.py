@@ -24,6 +24,7 @@ import orjson
 
 from harvester.errors import ConfigError
 from harvester.schemas import FEEDS
+from harvester.storage import DEFAULT_MULTIPART_THRESHOLD, MIN_PART_SIZE
 from harvester.windows import (
     floor_to,
     format_api,
@@ -48,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "request_timeout": 60.0,
     "table_format": "hive",
     "namespace": "threatgrid",
+    "s3_multipart_threshold": DEFAULT_MULTIPART_THRESHOLD,
 }
 TABLE_FORMATS = ("hive", "iceberg")
 MAINTAIN_DEFAULTS = {"older_than": "7d", "orphans_older_than": "1d"}
@@ -79,6 +81,7 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "retry_timeout": (int, float),
     "request_timeout": (int, float),
     "s3_endpoint_url": (str,),
+    "s3_multipart_threshold": (int,),
     "shard": (str,),
     "shards": (int,),
     "since_last": (bool,),
@@ -179,6 +182,7 @@ class HarvestConfig:
     retry_timeout: float = DEFAULTS["retry_timeout"]
     request_timeout: float = DEFAULTS["request_timeout"]
     s3_endpoint_url: str | None = None
+    s3_multipart_threshold: int = DEFAULTS["s3_multipart_threshold"]
     shard: Shard = field(default_factory=Shard)
     since_last: bool = False
     force: bool = False
@@ -195,6 +199,11 @@ class HarvestConfig:
             if not getattr(self, name) > 0:
                 flag = name.replace("_", "-")
                 raise ConfigError(f"--{flag} {getattr(self, name)} must be greater than 0")
+        if self.s3_multipart_threshold < MIN_PART_SIZE:
+            raise ConfigError(
+                f"--s3-multipart-threshold {self.s3_multipart_threshold} is below S3's "
+                f"smallest part (5 MiB); use at least {MIN_PART_SIZE}"
+            )
         if self.auth not in ("header", "query"):
             raise ConfigError(f"--auth {self.auth!r} is unknown; use header or query")
         if not self.feeds:
@@ -452,6 +461,7 @@ def build_config(
         retry_timeout=_float(merged, "retry_timeout"),
         request_timeout=_float(merged, "request_timeout"),
         s3_endpoint_url=merged.get("s3_endpoint_url") or None,
+        s3_multipart_threshold=_int(merged, "s3_multipart_threshold") or 0,
         shard=shard,
         since_last=since_last,
         force=bool(merged.get("force")),

@@ -28,6 +28,8 @@ contains the API key.
         ├── StorageFull          a disk is full (the lake, or the local staging
         │                        folder of an S3 run): the run stops
         ├── TransientStorageError  S3 5xx, SlowDown, reset: retried
+        ├── Conflict             a conditional write or delete lost a race: the
+        │                        caller re-reads and retries; never fatal
         └── CatalogError         a table catalog (Glue, an Iceberg catalog) said no
             └── CommitConflict   concurrent Iceberg writers kept winning   exit 1
 
@@ -135,6 +137,14 @@ class StorageFull(StorageError):
 
 class TransientStorageError(StorageError):
     """An S3 hiccup (5xx, SlowDown, reset) that is retried."""
+
+
+class Conflict(StorageError):
+    """A conditional write or delete lost a race: the object is not the version expected.
+
+    The caller re-reads and retries; never fatal, never retried by the store (a retry
+    with the same expectation would fail the same way).
+    """
 
 
 class CatalogError(StorageError):

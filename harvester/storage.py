@@ -1,40 +1,122 @@
 """Where the lake lives: a small async object-store interface and its local-disk form.
 
 The lake writer and the manifest speak only :class:`Store`: keys are ``/``-separated
-paths relative to the lake root (``ips/dt=2024-01-01/part-....parquet``). Two
-promises every store keeps:
+paths relative to the lake root (``ips/dt=2024-01-01/part-....parquet``). Every store
+keeps three promises:
 
 * an object appears whole or not at all (local: write a dot-file, fsync, rename;
-  S3: a PUT or a completed multipart upload), and
-* it is durable when :meth:`Store.commit` or :meth:`Store.put_bytes` returns.
+  S3: a PUT or a completed multipart upload);
+* it is durable when :meth:`Store.write` or :meth:`Store.commit` returns; and
+* a write or delete can be made *conditional* on the version the caller read
+  (compare-and-set): ``expect=ABSENT`` ("create, never replace"), ``expect=version``
+  ("replace exactly the version I read"), or ``None`` (unconditional). A condition that
+  does not hold raises :class:`~harvester.errors.Conflict`; the caller re-reads and
+  tries again. This one primitive serves read-modify-write of shared files, a manifest
+  head updated by several shards, and leases.
 
 Big files are written by pyarrow to a local *staging* path first and then committed
 (renamed into place, or uploaded by :mod:`harvester.s3`). All blocking I/O runs in
 threads so the event loop keeps fetching.
+
+The local store makes compare-and-set atomic across processes of one machine with an
+exclusive ``flock`` on the target's folder around check-then-rename. That assumes a
+local disk, or a file system whose ``flock`` works between all writers (not every
+network file system's does); two machines sharing one folder need S3 instead.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import builtins
 import contextlib
 import errno
+import fcntl
 import os
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final, TypeAlias, final
 
-from harvester.errors import ConfigError, StorageAccessError, StorageError, StorageFull
+from harvester.errors import ConfigError, Conflict, StorageAccessError, StorageError, StorageFull
+
+MiB = 1024 * 1024
+MIN_PART_SIZE = 5 * MiB
+"""S3's smallest part of a multipart upload (all but the last part)."""
+DEFAULT_MULTIPART_THRESHOLD = 64 * MiB
+"""Files at least this big go to S3 as multipart uploads (``--s3-multipart-threshold``)."""
+
+
+@final
+class Absent:
+    """The type of :data:`ABSENT`: "the object must not exist yet" (``If-None-Match: *``)."""
+
+    _instance: Absent | None = None
+
+    def __new__(cls) -> Absent:
+        """The one instance: ``Absent() is ABSENT``."""
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+    def __reduce__(self) -> str:
+        return "ABSENT"  # pickles (to another process) as the module's singleton
+
+
+ABSENT: Final[Absent] = Absent()
+"""Expect the object not to exist: create it, never replace it."""
+
+Expect: TypeAlias = str | Absent | None
+"""What a conditional write expects to find: ``None`` (anything), :data:`ABSENT`, or
+exactly the version string a read returned (``If-Match``)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ObjectInfo:
+    """One version of an object: where, how big, and a token naming that version.
+
+    ``version`` is S3's ETag without quotes, or on local disk a token built from the
+    file's inode, size and modification time (every local write stamps a new one). It is
+    only ever compared for equality, as the ``expect`` of a later write or delete.
+    ``etag`` is the content hash S3 reports (the same string as ``version`` there);
+    local disk has none.
+    """
+
+    key: str
+    size: int
+    version: str
+    etag: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.size < 0 or not self.version:
+            raise ValueError(f"object info for {self.key!r} needs a size >= 0 and a version")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Blob:
+    """A small object's bytes and the version they are."""
+
+    data: bytes
+    info: ObjectInfo
 
 
 @dataclass(frozen=True, kw_only=True)
 class StoredFile:
-    """An object as it was committed."""
+    """An object as a manifest entry records it: key, size, and S3's ETag if any."""
 
     key: str
     size: int
     etag: str | None = None
+
+    @classmethod
+    def of(cls, info: ObjectInfo) -> StoredFile:
+        """The manifest record of a committed object."""
+        return cls(key=info.key, size=info.size, etag=info.etag)
 
 
 class Store(abc.ABC):
@@ -49,28 +131,71 @@ class Store(abc.ABC):
         """A local path to write ``key``'s content to; removed on exit if still there."""
 
     @abc.abstractmethod
-    async def commit(self, staged: Path, key: str) -> StoredFile:
-        """Make the staged file visible, whole, at ``key``."""
+    async def read(self, key: str) -> Blob | None:
+        """A small object's bytes and version, or ``None`` when it does not exist."""
 
     @abc.abstractmethod
-    async def put_bytes(self, key: str, data: bytes) -> StoredFile:
-        """Write a small object atomically and durably."""
+    async def write(self, key: str, data: bytes, *, expect: Expect = None) -> ObjectInfo:
+        """Write a small object atomically and durably, if ``expect`` holds.
+
+        Raises :class:`~harvester.errors.Conflict` when it does not: the object exists
+        (``ABSENT``), or is missing or another version (a version string).
+        """
 
     @abc.abstractmethod
-    async def get_bytes(self, key: str) -> bytes | None:
-        """Read an object, or ``None`` when it does not exist."""
+    async def commit(self, staged: Path, key: str, *, expect: Expect = None) -> ObjectInfo:
+        """Make the staged file visible, whole, at ``key``, if ``expect`` holds.
+
+        The same semantics as :meth:`write`, for big files. On a conflict the staged file
+        is left where it was (the staging context removes it).
+        """
 
     @abc.abstractmethod
-    async def list_keys(self, prefix: str) -> list[str]:
-        """Every key under ``prefix`` (recursive), sorted."""
+    async def delete(self, key: str, *, expect: str | None = None) -> None:
+        """Remove ``key``; only if it is version ``expect`` when that is given.
+
+        Without ``expect``, removing a missing key is not an error; with it, a missing
+        key or another version raises :class:`~harvester.errors.Conflict`.
+        """
 
     @abc.abstractmethod
-    async def delete(self, key: str) -> None:
-        """Remove ``key``; removing a missing key is not an error."""
+    async def list(
+        self, prefix: str, *, start_after: str | None = None
+    ) -> builtins.list[ObjectInfo]:
+        """Every object in folder ``prefix`` (recursive), sorted by key; dot-files skipped.
+
+        ``prefix`` is a folder: ``"ips"`` and ``"ips/"`` both mean ``ips/...`` and never
+        ``ips2/...``; ``""`` is the whole store. Keys are relative to the store's root.
+        ``start_after`` (a full key) skips every key up to and including it, so a caller
+        that remembers where it stopped does not pay for the history before it.
+        """
+
+    @abc.abstractmethod
+    def fetch(
+        self, key: str
+    ) -> contextlib.AbstractAsyncContextManager[tuple[Path, ObjectInfo] | None]:
+        """A local path to read ``key`` from, and its version; ``None`` if missing.
+
+        For reading only. Local disk hands out the file itself; S3 downloads it into a
+        temporary file that is removed on exit.
+        """
 
     @abc.abstractmethod
     async def check_writable(self) -> None:
         """Prove the lake can be written, leaving nothing behind; raise otherwise."""
+
+    async def put_bytes(self, key: str, data: bytes) -> StoredFile:
+        """Write a small object atomically and durably (unconditional :meth:`write`)."""
+        return StoredFile.of(await self.write(key, data))
+
+    async def get_bytes(self, key: str) -> bytes | None:
+        """Read an object, or ``None`` when it does not exist."""
+        blob = await self.read(key)
+        return None if blob is None else blob.data
+
+    async def list_keys(self, prefix: str) -> builtins.list[str]:
+        """Every key under ``prefix`` (recursive), sorted."""
+        return [info.key for info in await self.list(prefix)]
 
     def staging_error(self, exc: OSError, staged: Path) -> StorageError:
         """The error for ``exc``, raised while writing the staged file ``staged``."""
@@ -87,7 +212,17 @@ class Store(abc.ABC):
 
 
 class LocalStore(Store):
-    """A lake on local disk (or any mounted file system)."""
+    """A lake on local disk (or any mounted file system whose ``flock`` works).
+
+    Every write, conditional or not, installs its file by ``rename`` while holding an
+    exclusive ``flock`` on the target's folder, after checking ``expect`` under that
+    lock: so a compare-and-set is atomic against every other writer of the folder,
+    threads and processes alike. Readers take no lock; a rename is atomic for them.
+
+    A version is ``{inode}-{size}-{mtime_ns}``. Under the lock each install stamps its
+    file's mtime strictly later than the version it replaces, so a key's versions never
+    repeat, even when the file system reuses an inode within a clock tick.
+    """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).expanduser().absolute()
@@ -117,66 +252,142 @@ class LocalStore(Store):
             for leftover in target.parent.glob(f".{target.name}.*.tmp"):
                 await asyncio.to_thread(leftover.unlink, missing_ok=True)
 
-    async def commit(self, staged: Path, key: str) -> StoredFile:
-        """Sync the staged file, rename it into place, sync the folder."""
-        return await asyncio.to_thread(self._commit, staged, key)
+    async def read(self, key: str) -> Blob | None:
+        """The file's bytes and the version they are (one open file: they agree)."""
+        return await asyncio.to_thread(self._read, key)
 
-    def _commit(self, staged: Path, key: str) -> StoredFile:
-        target = self._path(key)
+    def _read(self, key: str) -> Blob | None:
+        path = self._path(key)
         try:
-            _fsync(staged)
-            os.replace(staged, target)
-            _fsync_dir(target.parent)
-            return StoredFile(key=key, size=target.stat().st_size)
+            with open(path, "rb") as handle:
+                stat = os.fstat(handle.fileno())
+                data = handle.read()
+        except FileNotFoundError:
+            return None
         except OSError as exc:
-            raise local_error(exc, target) from exc
+            raise local_error(exc, path) from exc
+        return Blob(data=data, info=ObjectInfo(key=key, size=len(data), version=_version(stat)))
 
-    async def put_bytes(self, key: str, data: bytes) -> StoredFile:
-        """Write through a dot-file and rename, in one trip to a worker thread."""
-        return await asyncio.to_thread(self._put_bytes, key, data)
+    async def write(self, key: str, data: bytes, *, expect: Expect = None) -> ObjectInfo:
+        """Write a dot-file beside ``key``, fsync it, then install it if ``expect`` holds."""
+        return await asyncio.to_thread(self._write_bytes, key, data, expect)
 
-    def _put_bytes(self, key: str, data: bytes) -> StoredFile:
+    def _write_bytes(self, key: str, data: bytes, expect: Expect) -> ObjectInfo:
         target = self._path(key)
         staged = _staged_beside(target)
         try:
             _mkdir(target.parent)
             _write(staged, data)
-            return self._commit(staged, key)
+            _fsync(staged)
+            return self._install(staged, key, expect)
         except OSError as exc:
             raise local_error(exc, target) from exc
         finally:
             with contextlib.suppress(OSError):
                 staged.unlink(missing_ok=True)
 
-    async def get_bytes(self, key: str) -> bytes | None:
-        """Read a file, or ``None`` if missing."""
+    async def commit(self, staged: Path, key: str, *, expect: Expect = None) -> ObjectInfo:
+        """Sync the staged file, then rename it into place if ``expect`` holds."""
+        return await asyncio.to_thread(self._commit, staged, key, expect)
+
+    def _commit(self, staged: Path, key: str, expect: Expect) -> ObjectInfo:
+        target = self._path(key)
         try:
-            return await asyncio.to_thread(self._path(key).read_bytes)
+            _fsync(staged)  # the slow part, outside the folder's lock
+            return self._install(staged, key, expect)
+        except OSError as exc:
+            raise local_error(exc, target) from exc
+
+    def _install(self, staged: Path, key: str, expect: Expect) -> ObjectInfo:
+        """Check ``expect`` and rename ``staged`` to ``key``, atomically; sync the folder."""
+        target = self._path(key)
+        with _locked(target.parent):
+            current = _check(target, expect)
+            # A new version must differ from every earlier one of this key; a
+            # coarse clock or a reused inode could otherwise repeat a version.
+            stamp = time.time_ns()
+            if current is not None:
+                stamp = max(stamp, current.st_mtime_ns + 1)
+            os.utime(staged, ns=(stamp, stamp))
+            stat = os.stat(staged)
+            os.replace(staged, target)
+        _fsync_dir(target.parent)
+        return ObjectInfo(key=key, size=stat.st_size, version=_version(stat))
+
+    async def delete(self, key: str, *, expect: str | None = None) -> None:
+        """Unlink ``key`` (only if it is version ``expect``, when given)."""
+        await asyncio.to_thread(self._delete, key, expect)
+
+    def _delete(self, key: str, expect: str | None) -> None:
+        target = self._path(key)
+        try:
+            if not target.parent.is_dir():
+                if expect is not None:
+                    raise Conflict(f"{target} does not exist; expected version {expect}")
+                return
+            with _locked(target.parent):
+                _check(target, expect)
+                target.unlink(missing_ok=True)
+            _fsync_dir(target.parent)
+        except OSError as exc:
+            raise local_error(exc, target) from exc
+
+    async def list(
+        self, prefix: str, *, start_after: str | None = None
+    ) -> builtins.list[ObjectInfo]:
+        """Files in folder ``prefix``, sorted, dot-files skipped.
+
+        Folders whose keys all sort at or before ``start_after`` are never opened.
+        """
+        return await asyncio.to_thread(self._list, prefix, start_after)
+
+    def _list(self, prefix: str, start_after: str | None) -> builtins.list[ObjectInfo]:
+        folder = prefix.strip("/")
+        found: builtins.list[ObjectInfo] = []
+        pending = [folder]
+        try:
+            while pending:
+                rel = pending.pop()
+                try:
+                    entries = builtins.list(os.scandir(self._path(rel)))
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                for entry in entries:
+                    key = f"{rel}/{entry.name}" if rel else entry.name
+                    if entry.is_dir():
+                        if not _all_at_or_before(f"{key}/", start_after):
+                            pending.append(key)
+                    elif (
+                        entry.is_file()
+                        and not entry.name.startswith(".")
+                        and (start_after is None or key > start_after)
+                    ):
+                        with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                            stat = entry.stat()
+                            found.append(
+                                ObjectInfo(key=key, size=stat.st_size, version=_version(stat))
+                            )
+        except OSError as exc:
+            raise local_error(exc, self._path(folder)) from exc
+        return sorted(found, key=lambda info: info.key)
+
+    @contextlib.asynccontextmanager
+    async def fetch(self, key: str) -> AsyncIterator[tuple[Path, ObjectInfo] | None]:
+        """The file itself and its version now; read it, never write it.
+
+        A writer may replace the file meanwhile, so what is read can be newer than the
+        version given; a compare-and-set with that version then fails (``Conflict``),
+        which is what a read-modify-write needs.
+        """
+        path = self._path(key)
+        try:
+            stat = await asyncio.to_thread(os.stat, path)
         except FileNotFoundError:
-            return None
+            yield None
+            return
         except OSError as exc:
-            raise local_error(exc, self._path(key)) from exc
-
-    async def list_keys(self, prefix: str) -> list[str]:
-        """Files under ``prefix``, skipping staging dot-files."""
-        return await asyncio.to_thread(self._list, prefix)
-
-    def _list(self, prefix: str) -> list[str]:
-        base = self._path(prefix)
-        if not base.is_dir():
-            return []
-        keys = []
-        for path in base.rglob("*"):
-            if path.is_file() and not path.name.startswith("."):
-                keys.append(path.relative_to(self.root).as_posix())
-        return sorted(keys)
-
-    async def delete(self, key: str) -> None:
-        """Unlink ``key`` if present."""
-        try:
-            await asyncio.to_thread(self._path(key).unlink, missing_ok=True)
-        except OSError as exc:
-            raise local_error(exc, self._path(key)) from exc
+            raise local_error(exc, path) from exc
+        yield path, ObjectInfo(key=key, size=stat.st_size, version=_version(stat))
 
     async def check_writable(self) -> None:
         """Create the root and write, then remove, a probe dot-file."""
@@ -202,6 +413,51 @@ class LocalStore(Store):
             for folder in created:
                 with contextlib.suppress(OSError):
                     folder.rmdir()
+
+
+def _version(stat: os.stat_result) -> str:
+    return f"{stat.st_ino}-{stat.st_size}-{stat.st_mtime_ns}"
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``folder``: every writer of a key in it takes this one.
+
+    ``flock`` belongs to the open file description, so threads of one process exclude
+    each other as well as processes do; the lock goes with the descriptor.
+    """
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _check(target: Path, expect: Expect) -> os.stat_result | None:
+    """The target's stat now (``None`` if missing); raise Conflict unless ``expect`` holds."""
+    try:
+        current: os.stat_result | None = os.stat(target)
+    except FileNotFoundError:
+        current = None
+    if isinstance(expect, Absent):
+        if current is not None:
+            raise Conflict(f"{target} already exists (version {_version(current)})")
+    elif expect is not None:
+        if current is None:
+            raise Conflict(f"{target} does not exist; expected version {expect}")
+        if _version(current) != expect:
+            raise Conflict(f"{target} is version {_version(current)}, not the expected {expect}")
+    return current
+
+
+def _all_at_or_before(folder: str, start_after: str | None) -> bool:
+    """Whether every key starting with ``folder`` sorts at or before ``start_after``."""
+    if start_after is None or start_after.startswith(folder):
+        return False
+    # start_after does not start with folder: it sorts either before every such key,
+    # or after every one of them
+    return start_after > folder
 
 
 def _staged_beside(target: Path) -> Path:
@@ -246,12 +502,22 @@ def local_error(exc: OSError, path: Path, *, where: str = "") -> StorageError:
     return StorageError(f"cannot write {path}: {exc.strerror or exc}")
 
 
-def open_store(out: str, *, s3_endpoint_url: str | None = None) -> Store:
-    """The store for ``--out``: ``s3://bucket/prefix`` or a local folder."""
+def open_store(
+    out: str,
+    *,
+    s3_endpoint_url: str | None = None,
+    multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
+) -> Store:
+    """The store for ``--out``: ``s3://bucket/prefix`` or a local folder.
+
+    ``multipart_threshold`` (``--s3-multipart-threshold``) matters to S3 only.
+    """
     if out.startswith("s3://"):
         from harvester.s3 import S3Store
 
-        return S3Store.from_url(out, endpoint_url=s3_endpoint_url)
+        return S3Store.from_url(
+            out, endpoint_url=s3_endpoint_url, multipart_threshold=multipart_threshold
+        )
     if "://" in out:
         raise ConfigError(
             f"--out {out!r} has an unknown scheme; use a folder or s3://bucket/prefix"

@@ -3,10 +3,21 @@
 ``s3_server`` runs moto's server for the whole session; ``s3_bucket`` makes a fresh
 bucket per test. :class:`FaultProxy` is a small aiohttp reverse proxy on loopback, in
 front of moto, that answers a seeded share of matching requests (by default uploads:
-PUT and POST) with an S3 error document (503 SlowDown, 500 InternalError, 403
-AccessDenied, ...) or a TCP reset, and forwards everything else unchanged. Clients see
-real HTTP failures, exactly as from S3. ``flaky_s3`` is a ready-made flaky endpoint;
-``fault_proxy`` builds one with other knobs.
+PUT and POST; :func:`is_upload_part` and :func:`is_complete` pick out the steps of a
+multipart upload) with an S3 error document (503 SlowDown, 500 InternalError, 403
+AccessDenied, ...), a TCP reset, or a *lost response* (the request reaches moto and is
+applied, then the connection is reset), and forwards everything else unchanged. Clients
+see real HTTP failures, exactly as from S3. A ``plan`` replaces the dice with a script:
+one kind per matching request, in order (``"pass"`` forwards). ``flaky_s3`` is a
+ready-made flaky endpoint; ``fault_proxy`` builds one with other knobs.
+
+What moto 5.2.5 checks of conditional requests (read in its source, relied on by the
+tests): ``If-None-Match: *`` on PutObject and on CompleteMultipartUpload, ``If-Match``
+on PutObject (a missing object is 404 NoSuchKey) and on DeleteObject. It does *not*
+check ``If-Match`` on CompleteMultipartUpload, it treats a repeated completion of an
+upload that produced the current object as a success, and it checks every condition
+without a lock: two racing conditional writes can both pass. Protocol tests that need
+an atomic compare-and-set use ``tests/memstore.py``.
 
 Import into conftest with ``from s3_server import *``.
 """
@@ -22,7 +33,7 @@ import struct
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +49,9 @@ __all__ = [
     "admin_client",
     "fault_proxy",
     "flaky_s3",
+    "is_complete",
+    "is_part_or_complete",
+    "is_upload_part",
     "s3_bucket",
     "s3_server",
 ]
@@ -60,6 +74,8 @@ FAULTS: dict[str, tuple[int, str, str]] = {
     "unavailable": (503, "ServiceUnavailable", "Service is unable to handle request."),
     "denied": (403, "AccessDenied", "Access Denied"),
     "badkey": (403, "InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist."),
+    "nosuchupload": (404, "NoSuchUpload", "The specified upload does not exist."),
+    "precondition": (412, "PreconditionFailed", "At least one of the pre-conditions failed."),
 }
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "expect", "upgrade", "te"}
 
@@ -119,18 +135,43 @@ def is_upload(method: str, path_qs: str) -> bool:
     return method in {"PUT", "POST"}
 
 
+def is_upload_part(method: str, path_qs: str) -> bool:
+    """UploadPart: a PUT with ``partNumber``."""
+    return method == "PUT" and "partNumber=" in path_qs
+
+
+def is_complete(method: str, path_qs: str) -> bool:
+    """CompleteMultipartUpload: a POST with ``uploadId``."""
+    return method == "POST" and "uploadId=" in path_qs
+
+
+def is_part_or_complete(method: str, path_qs: str) -> bool:
+    """The steps of a multipart upload after its creation."""
+    return is_upload_part(method, path_qs) or is_complete(method, path_qs)
+
+
 @dataclass
 class ProxyStats:
-    """What the proxy saw: requests forwarded and faults injected, by kind."""
+    """What the proxy saw: requests, faults, and the headers of every matching request.
+
+    Each fault is listed as ``"kind METHOD path?query"``.
+    """
 
     requests: int = 0
     faults: int = 0
     kinds: Counter[str] = field(default_factory=Counter)
     faulted: list[str] = field(default_factory=list)
+    headers: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
 
 
 class FaultProxy:
-    """A loopback reverse proxy to ``upstream`` that fails a seeded share of requests."""
+    """A loopback reverse proxy to ``upstream`` that fails a seeded share of requests.
+
+    ``kinds`` are names of :data:`FAULTS`, ``"reset"`` (no response, nothing done) and
+    ``"lost"`` (done upstream, then no response). With ``plan``, matching requests get
+    its kinds in order instead of the dice, then pass. The headers of every matching
+    request are kept in ``stats.headers``.
+    """
 
     def __init__(
         self,
@@ -140,11 +181,13 @@ class FaultProxy:
         seed: int = 20240101,
         kinds: tuple[str, ...] = ("slowdown", "internal", "reset"),
         match: Callable[[str, str], bool] = is_upload,
+        plan: Sequence[str] | None = None,
     ) -> None:
         self.upstream = upstream.rstrip("/")
         self.rate = rate
         self.kinds = kinds
         self.match = match
+        self.plan = None if plan is None else list(plan)
         self.stats = ProxyStats()
         self.url = ""
         self._random = random.Random(seed)
@@ -194,14 +237,29 @@ class FaultProxy:
             finally:
                 await runner.cleanup()
 
+    def _kind(self, request: web.Request) -> str | None:
+        """The fault for this request, or ``None`` to forward it."""
+        if not self.match(request.method, request.path_qs):
+            return None
+        self.stats.headers.append((request.method, request.path_qs, dict(request.headers)))
+        if self.plan is not None:
+            kind = self.plan.pop(0) if self.plan else "pass"
+            return None if kind == "pass" else kind
+        if self._random.random() < self.rate:
+            return self._random.choice(self.kinds)
+        return None
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.stats.requests += 1
-        if self.match(request.method, request.path_qs) and self._random.random() < self.rate:
-            kind = self._random.choice(self.kinds)
+        kind = self._kind(request)
+        if kind is not None:
             self.stats.faults += 1
             self.stats.kinds[kind] += 1
-            self.stats.faulted.append(f"{request.method} {request.path_qs}")
+            self.stats.faulted.append(f"{kind} {request.method} {request.path_qs}")
+            if kind == "lost":
+                await self._forward(request, body)
+                return self._reset(request)
             if kind == "reset":
                 return self._reset(request)
             status, code, message = FAULTS[kind]

@@ -51,6 +51,10 @@ def error_line(stderr: str) -> str:
         ([*RANGE, "--base-url", "panacea.threatgrid.com"], "is not an http(s) URL"),
         ([*RANGE, "--out", "ftp://x/y"], "unknown scheme"),
         ([*RANGE, "--out", "s3://"], "s3://"),
+        (
+            [*RANGE, "--s3-multipart-threshold", "5242879"],
+            "--s3-multipart-threshold 5242879 is below S3's smallest part (5 MiB)",
+        ),
     ],
 )
 def test_bad_input_is_one_line_exit_2_nothing_written_no_request(

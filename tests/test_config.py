@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from harvester.config import build_config, load_toml
+from harvester.config import DEFAULTS, build_config, load_toml
 from harvester.errors import ConfigError
+from harvester.storage import MiB
 
 BASE = {"after": "2024-01-01", "before": "2024-01-03", "out": "/tmp/lake"}
 
@@ -54,6 +55,8 @@ def test_query_fingerprint_tracks_what_selects_records() -> None:
         ({"shard": "a/b"}, "is not I/N"),
         ({"base_url": "ftp://x"}, "not an http"),
         ({"after": "2024-02-30"}, "not a valid date"),
+        ({"s3_multipart_threshold": 1024}, "--s3-multipart-threshold 1024 is below S3's"),
+        ({"s3_multipart_threshold": "64MiB"}, "--s3-multipart-threshold '64MiB' is not a whole"),
     ],
 )
 def test_bad_options_are_one_line_errors(over: dict[str, object], message: str) -> None:
@@ -99,3 +102,14 @@ def test_shard_and_shards_must_agree() -> None:
     """--shard 1/3 with --shards 4 is refused rather than silently picking one."""
     with pytest.raises(ConfigError, match="disagree"):
         build_config({**BASE, "shard": "1/3", "shards": 4}, env={})
+
+
+def test_s3_multipart_threshold_defaults_to_64_mib_and_accepts_5() -> None:
+    """--s3-multipart-threshold: 64 MiB by default; 5 MiB, S3's smallest part, is allowed."""
+    assert (
+        build_config(BASE, env={}).s3_multipart_threshold
+        == 64 * MiB
+        == DEFAULTS["s3_multipart_threshold"]
+    )
+    config = build_config({**BASE, "s3_multipart_threshold": str(5 * MiB)}, env={})
+    assert config.s3_multipart_threshold == 5 * MiB

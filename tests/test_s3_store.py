@@ -1,4 +1,13 @@
-"""S3Store against a real S3 protocol server (moto on loopback) and a faulty proxy."""
+"""S3Store against a real S3 protocol server (moto on loopback) and a faulty proxy.
+
+Conditional writes: what moto 5.2.5 checks decides what these tests can prove. It checks
+``If-None-Match: *`` on PutObject and on CompleteMultipartUpload, and ``If-Match`` on
+PutObject and DeleteObject (404 NoSuchKey when the object is missing). It does NOT check
+``If-Match`` on CompleteMultipartUpload (so the proxy plays real S3's 412 there, and a
+test records that the header is sent), it answers a repeated completion of the upload
+that made the current object with success, and it checks conditions without a lock
+(atomicity under races is tested on local disk and on ``tests/memstore.py``).
+"""
 
 from __future__ import annotations
 
@@ -13,12 +22,18 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from harvester.errors import ConfigError, StorageAccessError, TransientStorageError
+from harvester.errors import (
+    ConfigError,
+    Conflict,
+    StorageAccessError,
+    StorageError,
+    TransientStorageError,
+)
 from harvester.retry import RetryPolicy
 from harvester.s3 import MiB, S3Store
-from harvester.storage import open_store
+from harvester.storage import ABSENT, Expect, ObjectInfo, open_store
 
-from s3_server import FaultProxy, ProxyStats, admin_client
+from s3_server import FaultProxy, admin_client, is_complete
 
 FAST = RetryPolicy(attempts=3, timeout=30.0, initial=0.01, maximum=0.02, jitter=0.0)
 
@@ -56,10 +71,23 @@ def open_uploads(endpoint: str, bucket: str) -> list[Any]:
         return list(client.list_multipart_uploads(Bucket=bucket).get("Uploads", []))
 
 
-async def stage_and_commit(store: S3Store, key: str, data: bytes) -> Any:
+async def stage_and_commit(store: S3Store, key: str, data: bytes, expect: Expect = None) -> Any:
     async with store.staging(key) as staged:
         staged.write_bytes(data)
-        return await store.commit(staged, key)
+        return await store.commit(staged, key, expect=expect)
+
+
+def multipart_etag(data: bytes, part: int = 5 * MiB) -> str:
+    """S3's ETag of a multipart upload: MD5 of the parts' MD5s, then -N."""
+    digests = [hashlib.md5(data[i : i + part]).digest() for i in range(0, len(data), part)]
+    return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
+
+
+def multipart_store(endpoint: str, bucket: str, **knobs: Any) -> S3Store:
+    """A store that uploads 5 MiB and more in 5 MiB parts (S3's smallest)."""
+    return make_store(
+        endpoint, bucket, multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB, **knobs
+    )
 
 
 def test_from_url_validates_and_builds_urls(s3_server: str) -> None:
@@ -67,8 +95,15 @@ def test_from_url_validates_and_builds_urls(s3_server: str) -> None:
     for bad in ("s3://", "s3:///lake", "s3://Bad_Bucket/lake", "s3://ab/x", "s3://10.0.0.1/x"):
         with pytest.raises(ConfigError, match="bucket"):
             S3Store.from_url(bad)
-    store = open_store("s3://my-bucket/tg/lake/", s3_endpoint_url="http://127.0.0.1:9")
+    with pytest.raises(ConfigError, match="--s3-multipart-threshold 5242879 is below"):
+        S3Store.from_url("s3://my-bucket/x", multipart_threshold=5 * MiB - 1)
+    store = open_store(
+        "s3://my-bucket/tg/lake/",
+        s3_endpoint_url="http://127.0.0.1:9",
+        multipart_threshold=7 * MiB,
+    )
     assert isinstance(store, S3Store)
+    assert store.multipart_threshold == 7 * MiB
     assert store.url("ips/a.parquet") == "s3://my-bucket/tg/lake/ips/a.parquet"
     bare = S3Store.from_url("s3://my-bucket")
     assert bare.url("k") == "s3://my-bucket/k"
@@ -240,35 +275,54 @@ def test_unreachable_endpoint_is_transient(s3_bucket: tuple[str, str]) -> None:
 
 
 def test_flaky_uploads_succeed_exactly(
-    flaky_s3: tuple[str, str, ProxyStats], s3_bucket: tuple[str, str]
+    s3_bucket: tuple[str, str], fault_proxy: Callable[..., FaultProxy]
 ) -> None:
-    """Through a proxy failing ~30% of uploads (5xx, resets) every object lands exact."""
-    endpoint, bucket, stats = flaky_s3
+    """Through a proxy failing ~30% of uploads every object lands exact, nothing left open.
+
+    Every PUT and POST may fail: small PUTs, multipart creation, parts and completions,
+    with 5xx, a reset before the request reaches S3, or a lost response after it was
+    applied. Parts go up 4 at a time. The faults drawn depend only on the seed (each
+    phase runs until a fixed number of successes), so the fault mix asserted is stable.
+    """
+    endpoint, bucket = s3_bucket
+    # seed 6 draws, among others, a lost part response and a lost completion response
+    proxy = fault_proxy(kinds=("slowdown", "internal", "reset", "lost"), seed=6)
     small = {f"_manifest/ips/{i}.json": os.urandom(100 + i) for i in range(12)}
-    files = {"ips/a.parquet": os.urandom(300_000), "ips/big.parquet": os.urandom(11 * MiB)}
+    files = {
+        "ips/a.parquet": os.urandom(300_000),
+        "ips/big.parquet": os.urandom(11 * MiB),
+        "ips/bigger.parquet": os.urandom(12 * MiB + 1),
+        "domains/big.parquet": os.urandom(10 * MiB),
+    }
     patient = RetryPolicy(attempts=40, timeout=60.0, initial=0.0, maximum=0.01, jitter=0.0)
-    store = make_store(
-        endpoint,
-        bucket,
-        policy=patient,
-        botocore_attempts=1,
-        multipart_threshold=5 * MiB,
-        multipart_chunksize=5 * MiB,
-        transfer_concurrency=1,
-    )
+    store = multipart_store(proxy.url, bucket, policy=patient, botocore_attempts=1)
 
     async def scenario(s: S3Store) -> None:
         await asyncio.gather(*(s.put_bytes(k, v) for k, v in small.items()))
         for key, data in files.items():
-            stored = await stage_and_commit(s, key, data)
+            # a lost response to a conditional single PUT ends in a Conflict (by design),
+            # but a multipart completion is confirmed by its ETag: ABSENT is safe there
+            expect = ABSENT if len(data) >= 5 * MiB else None
+            stored = await stage_and_commit(s, key, data, expect)
             assert stored.size == len(data)
 
     run(store, scenario)
     expected = {f"lake/{k}": v for k, v in {**small, **files}.items()}
-    assert objects(s3_bucket[0], bucket) == expected
-    assert open_uploads(s3_bucket[0], bucket) == []
-    assert stats.faults > 0
+    assert objects(endpoint, bucket) == expected
+    stats = proxy.stats
+    # The one upload a run cannot abort: one whose CreateMultipartUpload was applied but
+    # its response lost, so its id never reached the store (the retry made another).
+    # It holds no part; a bucket lifecycle rule removes it (README).
+    lost_creates = [f for f in stats.faulted if f.startswith("lost POST") and "?uploads" in f]
+    left = open_uploads(endpoint, bucket)
+    assert len(left) == len(lost_creates)
+    with admin_client(endpoint) as client:
+        for upload in left:
+            parts = client.list_parts(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+            assert parts.get("Parts", []) == []
     assert 0 < store.retries <= stats.faults
+    assert any(" PUT " in f and "partNumber=" in f for f in stats.faulted), "parts failed"
+    assert any(f.startswith("lost POST") and "uploadId=" in f for f in stats.faulted)
 
 
 def test_failed_multipart_upload_is_aborted(
@@ -314,3 +368,149 @@ def test_pyarrow_reads_committed_parquet(s3_bucket: tuple[str, str]) -> None:
     )
     read = pq.read_table(f"{bucket}/lake/ips/dt=2024-01-01/part.parquet", filesystem=fs)
     assert read.equals(table)
+
+
+def test_multipart_round_trip_of_12_mib(s3_bucket: tuple[str, str]) -> None:
+    """A ~12 MiB synthetic file goes up in three 5 MiB parts and comes back identical.
+
+    The version is the multipart ETag computed locally; read, fetch and list agree on it.
+    """
+    endpoint, bucket = s3_bucket
+    data = os.urandom(12 * MiB + 4321)
+
+    async def scenario(s: S3Store) -> ObjectInfo:
+        info = await stage_and_commit(s, "ips/dt=2024-01-01/part.parquet", data, ABSENT)
+        async with s.fetch("ips/dt=2024-01-01/part.parquet") as fetched:
+            assert fetched is not None
+            path, got = fetched
+            assert got == info
+            assert path.read_bytes() == data
+        assert not path.exists()
+        blob = await s.read("ips/dt=2024-01-01/part.parquet")
+        assert blob is not None
+        assert (blob.data == data, blob.info) == (True, info)
+        assert await s.list("ips") == [info]
+        return info
+
+    info = run(multipart_store(endpoint, bucket), scenario)
+    assert info.size == len(data)
+    assert info.version == info.etag == multipart_etag(data)
+    assert objects(endpoint, bucket) == {"lake/ips/dt=2024-01-01/part.parquet": data}
+    assert open_uploads(endpoint, bucket) == []
+
+
+def test_conditional_multipart_completion(
+    s3_bucket: tuple[str, str], fault_proxy: Callable[..., FaultProxy]
+) -> None:
+    """The completion carries the condition; If-None-Match is refused by moto itself.
+
+    A refused completion is a Conflict, its upload is aborted and the object unchanged.
+    moto does not check If-Match on a completion, so the test checks the header sent.
+    """
+    endpoint, bucket = s3_bucket
+    proxy = fault_proxy(match=is_complete, plan=())  # forwards all, records headers
+    first, second, third = (os.urandom(11 * MiB) for _ in range(3))
+
+    async def scenario(s: S3Store) -> None:
+        v1 = await stage_and_commit(s, "day.parquet", first, ABSENT)
+        with pytest.raises(Conflict, match="is not absent"):
+            await stage_and_commit(s, "day.parquet", second, ABSENT)
+        v3 = await stage_and_commit(s, "day.parquet", third, v1.version)
+        assert v3.version == multipart_etag(third)
+
+    run(multipart_store(proxy.url, bucket), scenario)
+    assert objects(endpoint, bucket) == {"lake/day.parquet": third}
+    assert open_uploads(endpoint, bucket) == []
+    sent = [headers for method, _, headers in proxy.stats.headers if method == "POST"]
+    assert [h.get("If-None-Match") for h in sent] == ["*", "*", None]
+    assert sent[2].get("If-Match") == f'"{multipart_etag(first)}"'
+
+
+def test_refused_if_match_completion_is_a_conflict(
+    s3_bucket: tuple[str, str], fault_proxy: Callable[..., FaultProxy]
+) -> None:
+    """A stale If-Match completion: a Conflict, the upload aborted, the object unchanged.
+
+    Real S3 answers it with 412; moto does not check, so the proxy plays S3.
+    """
+    endpoint, bucket = s3_bucket
+    with admin_client(endpoint) as client:
+        client.put_object(Bucket=bucket, Key="lake/day.parquet", Body=b"current")
+    proxy = fault_proxy(match=is_complete, plan=("precondition",))
+
+    async def scenario(s: S3Store) -> None:
+        with pytest.raises(Conflict, match="PreconditionFailed completing"):
+            await stage_and_commit(s, "day.parquet", os.urandom(6 * MiB), "0123stale")
+
+    run(multipart_store(proxy.url, bucket), scenario)
+    assert objects(endpoint, bucket) == {"lake/day.parquet": b"current"}
+    assert open_uploads(endpoint, bucket) == []
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        ("lost",),  # moto answers the retry with success (idempotent completion)
+        ("lost", "nosuchupload"),  # S3 may answer the retry: the upload is gone
+        ("lost", "precondition"),  # or: If-None-Match fails, against our own object
+        ("reset", "lost"),  # not sent, then sent and lost
+    ],
+)
+def test_lost_completion_response_ends_in_success(
+    s3_bucket: tuple[str, str], fault_proxy: Callable[..., FaultProxy], plan: tuple[str, ...]
+) -> None:
+    """A completion applied but its response lost: the commit still succeeds.
+
+    Whatever the retry meets (success, NoSuchUpload, 412), the object's ETag is checked
+    against the one computed locally from the parts.
+    """
+    endpoint, bucket = s3_bucket
+    proxy = fault_proxy(match=is_complete, plan=plan)
+    data = os.urandom(12 * MiB)
+    store = multipart_store(proxy.url, bucket, botocore_attempts=1)
+    info = run(store, lambda s: stage_and_commit(s, "day.parquet", data, ABSENT))
+    assert info.version == multipart_etag(data)
+    assert objects(endpoint, bucket) == {"lake/day.parquet": data}
+    assert open_uploads(endpoint, bucket) == []
+    assert proxy.stats.faults == len(plan)
+    assert store.retries == len(plan) if plan[-1] == "lost" else len(plan) - 1
+
+
+@pytest.mark.parametrize(
+    ("plan", "expect", "error"),
+    [
+        (("nosuchupload",), None, StorageError),
+        (("nosuchupload",), ABSENT, Conflict),
+    ],
+)
+def test_vanished_upload_is_not_taken_for_success(
+    s3_bucket: tuple[str, str],
+    fault_proxy: Callable[..., FaultProxy],
+    plan: tuple[str, ...],
+    expect: Expect,
+    error: type[Exception],
+) -> None:
+    """NoSuchUpload when the object does not carry this upload's ETag is a failure."""
+    endpoint, bucket = s3_bucket
+    proxy = fault_proxy(match=is_complete, plan=plan)
+    with pytest.raises(error, match="NoSuchUpload completing"):
+        run(
+            multipart_store(proxy.url, bucket),
+            lambda s: stage_and_commit(s, "day.parquet", os.urandom(6 * MiB), expect),
+        )
+    assert objects(endpoint, bucket) == {}
+    assert open_uploads(endpoint, bucket) == []
+
+
+def test_failing_completion_is_aborted(
+    s3_bucket: tuple[str, str], fault_proxy: Callable[..., FaultProxy]
+) -> None:
+    """When every completion fails, the commit raises and no upload is left open."""
+    endpoint, bucket = s3_bucket
+    proxy = fault_proxy(rate=1.0, kinds=("internal", "reset"), match=is_complete)
+    store = multipart_store(proxy.url, bucket, botocore_attempts=1)
+    with pytest.raises(TransientStorageError):
+        run(store, lambda s: stage_and_commit(s, "day.parquet", os.urandom(11 * MiB)))
+    assert proxy.stats.faults == FAST.attempts
+    assert open_uploads(endpoint, bucket) == []
+    assert objects(endpoint, bucket) == {}

@@ -193,7 +193,7 @@ class WindowWriter:
             rest, handle.pending = handle.pending, []
             await self._write(handle, rest, close=True)
             key = data_key(self.feed.name, day, self.window)
-            stored.append(await self.store.commit(handle.staged, key))
+            stored.append(StoredFile.of(await self.store.commit(handle.staged, key)))
         written = {s.key for s in stored}
         for day in self.window.days():
             key = data_key(self.feed.name, day, self.window)
