@@ -129,7 +129,8 @@ async def aplan(config: HarvestConfig, *, store: Store | None = None) -> dict[st
         multipart_threshold=config.s3_multipart_threshold,
     )
     try:
-        return describe_plan(await plan(config, own), config.shard.count, config.feeds)
+        the_plan = await plan(config, own)
+        return describe_plan(the_plan, max_span=int(config.max_span.total_seconds()))
     finally:
         if store is None:
             await own.close()

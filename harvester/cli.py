@@ -155,6 +155,23 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         const=True,
         help="harvest complete windows again too (to pick up late records); files are replaced",
     )
+    add(
+        "--max-span",
+        metavar="DURATION",
+        help=f"longest time one paged query covers{_default('max_span')}; sparse "
+        "stretches use it, dense ones less",
+    )
+    add(
+        "--commit-every",
+        metavar="S",
+        help=f"seconds between group commits{_default('commit_every')}: a crash loses at "
+        "most this much work",
+    )
+    add(
+        "--lease-ttl",
+        metavar="S",
+        help=f"seconds a (feed, month) lease lives unrenewed{_default('lease_ttl')}",
+    )
     _add_iceberg_options(parser, run=True)
 
 
@@ -404,6 +421,13 @@ def command_run(args: argparse.Namespace) -> int:
             "run the same command again to finish them"
         )
         return 1
+    held = sum(s.held for s in result.feeds.values())
+    if held:
+        _say(
+            f"{held} window(s) were left to another run that holds their lease (see "
+            "span.held events); run the same command again once it has finished"
+        )
+        return 75
     return 0
 
 

@@ -39,7 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "feeds": "all",
     "base_url": DEFAULT_BASE_URL,
     "window": "1d",
-    "limit": 1000,
+    "limit": 100_000,
     "concurrency": 8,
     "rate": 10.0,
     "auth": "header",
@@ -50,6 +50,9 @@ DEFAULTS: dict[str, Any] = {
     "table_format": "hive",
     "namespace": "threatgrid",
     "s3_multipart_threshold": DEFAULT_MULTIPART_THRESHOLD,
+    "max_span": "366d",
+    "commit_every": 30.0,
+    "lease_ttl": 120.0,
 }
 TABLE_FORMATS = ("hive", "iceberg")
 MAINTAIN_DEFAULTS = {"older_than": "7d", "orphans_older_than": "1d"}
@@ -87,6 +90,9 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "since_last": (bool,),
     "force": (bool,),
     "lag": (str,),
+    "max_span": (str,),
+    "commit_every": (int, float),
+    "lease_ttl": (int, float),
     "table_format": (str,),
     "catalog": (str,),
     "namespace": (str,),
@@ -186,6 +192,12 @@ class HarvestConfig:
     shard: Shard = field(default_factory=Shard)
     since_last: bool = False
     force: bool = False
+    max_span: timedelta = field(default_factory=lambda: parse_lag(DEFAULTS["max_span"]))
+    """The longest time one paged query may cover (``--max-span``)."""
+    commit_every: float = DEFAULTS["commit_every"]
+    """Seconds between group commits (``--commit-every``): crash loss against writes."""
+    lease_ttl: float = DEFAULTS["lease_ttl"]
+    """Seconds a lease lives without renewal (``--lease-ttl``)."""
     table_format: str = DEFAULTS["table_format"]
     catalog: str | None = None
     """``--catalog`` (Iceberg only): a pyiceberg catalog NAME or a URI."""
@@ -195,7 +207,7 @@ class HarvestConfig:
         for name in ("limit", "concurrency", "prefetch", "attempts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} {getattr(self, name)} must be at least 1")
-        for name in ("rate", "retry_timeout", "request_timeout"):
+        for name in ("rate", "retry_timeout", "request_timeout", "commit_every", "lease_ttl"):
             if not getattr(self, name) > 0:
                 flag = name.replace("_", "-")
                 raise ConfigError(f"--{flag} {getattr(self, name)} must be greater than 0")
@@ -203,6 +215,11 @@ class HarvestConfig:
             raise ConfigError(
                 f"--s3-multipart-threshold {self.s3_multipart_threshold} is below S3's "
                 f"smallest part (5 MiB); use at least {MIN_PART_SIZE}"
+            )
+        if self.max_span < self.window:
+            raise ConfigError(
+                f"--max-span {format_duration(self.max_span)} is shorter than a window "
+                f"({format_duration(self.window)}); use at least the window size"
             )
         if self.auth not in ("header", "query"):
             raise ConfigError(f"--auth {self.auth!r} is unknown; use header or query")
@@ -465,17 +482,20 @@ def build_config(
         shard=shard,
         since_last=since_last,
         force=bool(merged.get("force")),
+        max_span=parse_lag(str(merged["max_span"]), flag="--max-span"),
+        commit_every=_float(merged, "commit_every"),
+        lease_ttl=_float(merged, "lease_ttl"),
         table_format=str(merged["table_format"]).strip().lower(),
         catalog=str(merged["catalog"]).strip() if merged.get("catalog") else None,
         namespace=str(merged["namespace"]),
     )
 
 
-def parse_lag(text: str) -> timedelta:
-    """Parse ``--lag`` (``0m``, ``30m``, ``1h``, ``2d``): any whole number of a unit."""
+def parse_lag(text: str, *, flag: str = "--lag") -> timedelta:
+    """Parse a duration like ``--lag`` (``0m``, ``30m``, ``1h``, ``2d``): N of a unit."""
     match = re.fullmatch(r"(\d+)([dhm])", text.strip())
     if not match:
-        raise ConfigError(f"--lag {text!r} is not a duration; use e.g. 30m, 1h or 1d")
+        raise ConfigError(f"{flag} {text!r} is not a duration; use e.g. 30m, 1h or 1d")
     return (
         int(match[1])
         * {"d": timedelta(days=1), "h": timedelta(hours=1), "m": timedelta(minutes=1)}[match[2]]

@@ -43,6 +43,10 @@ TTL = 120.0
 
 log = structlog.get_logger("harvester")
 
+_ACTIVE: set[str] = set()
+"""Runs going on in this process: a finished run's lease is not live, even in the same
+process (an Airflow worker runs many harvests in one process)."""
+
 Block = tuple[str, str]
 """A (feed, month) lease."""
 
@@ -74,7 +78,7 @@ class Owner:
 
     @classmethod
     def current(cls, run_id: str) -> Owner:
-        """This process, running ``run_id``."""
+        """The current process, running ``run_id``."""
         pid = os.getpid()
         return cls(run_id=run_id, host=socket.gethostname(), pid=pid, started=_start_ticks(pid))
 
@@ -82,6 +86,8 @@ class Owner:
         """False when it surely is gone (same host, no such process); None if unknown."""
         if self.host != socket.gethostname():
             return None
+        if self.pid == os.getpid():
+            return self.run_id in _ACTIVE
         if not Path("/proc").is_dir():
             try:
                 os.kill(self.pid, 0)
@@ -149,11 +155,16 @@ class Leases:
         self.holders: dict[Block, Owner] = {}
         """Who held the blocks this run could not take."""
         self._lock = asyncio.Lock()
+        _ACTIVE.add(run_id)
 
     def token(self, block: Block) -> int:
-        """This run's token for ``block`` (0 if it holds none)."""
+        """The run's token for ``block`` (0 if it holds none)."""
         held = self._held.get(block)
         return held[0] if held else 0
+
+    def blocks(self) -> list[Block]:
+        """Every block this run holds (lost ones included)."""
+        return list(self._held)
 
     def holds(self, block: Block) -> bool:
         """Whether this run holds ``block`` and has not lost it."""
@@ -214,21 +225,21 @@ class Leases:
     async def release(self, block: Block) -> None:
         """Give ``block`` up (best effort: an expired lease binds nobody anyway)."""
         async with self._lock:
-            held = self._held.pop(block, None)
-            if held is None or block in self.lost:
+            held = self._held.get(block)
+            if held is None:
                 return
-            token, version = held
-            lease = Lease(owner=self.owner, token=token, expires=0.0, released=True)
-            with contextlib.suppress(Conflict):
-                await self.store.write(lease_key(*block), lease.to_json(), expect=version)
+            if block not in self.lost:
+                token, version = held
+                lease = Lease(owner=self.owner, token=token, expires=0.0, released=True)
+                with contextlib.suppress(Conflict):
+                    await self.store.write(lease_key(*block), lease.to_json(), expect=version)
+            # Forgotten only once written: a release cut short is done again at the end.
+            self._held.pop(block, None)
 
     async def release_all(self) -> None:
-        """Give up every lease held."""
-        for block in list(self._held):
-            await self.release(block)
-
-    async def keep_alive(self) -> None:
-        """Renew every ``ttl / 3`` seconds until cancelled."""
-        while True:
-            await self._sleep(self.ttl / 3)
-            await self.renew()
+        """Give up every lease held; the run is over."""
+        try:
+            for block in list(self._held):
+                await self.release(block)
+        finally:
+            _ACTIVE.discard(self.owner.run_id)

@@ -1,13 +1,18 @@
-"""The orchestrator: plan the run from the manifest, run it, record what is done.
+"""The orchestrator: open the lake, plan from its manifest, harvest spans, commit in groups.
 
-:func:`plan` reads the manifest and works out (with :mod:`harvester.planner`) every
-unit of the range, this shard's share, and which units are already complete with the
-same query. :class:`Harvest` groups the rest into batches and runs them with a fixed
-pool of workers under an :class:`asyncio.TaskGroup`: each batch pages through its span
-(:mod:`harvester.paging`), streams every row into its own window's
-:class:`~harvester.lake.WindowWriter`, commits the files and only then records each
-window in the manifest. A batch that fails after its retries is reported and the
-others go on; a refused key or an unwritable lake stops everything at once.
+:func:`plan` reads the manifest head (one object; a version 1 lake is migrated first),
+then only the partitions of the months the run's range covers, and works out per feed
+the windows left to do and this shard's share (:mod:`harvester.planner`).
+
+:class:`Harvest` runs a plan. A fixed pool of workers takes query spans from a
+:class:`~harvester.spans.SpanQueue`, each after taking the leases of the (feed, month)
+blocks it touches (:mod:`harvester.leases`); it pages through the span
+(:mod:`harvester.paging`) and spools the rows (:mod:`harvester.lake.spool`). The
+:class:`~harvester.committer.Committer` turns finished spans into day files and
+manifest entries every ``--commit-every`` seconds. A span the server refuses as too
+long, or whose paging or data goes wrong, is cut in two down to single windows; a span
+whose retries run out fails its windows; a refused key, an unwritable lake or a full
+disk stop everything at once; anything else is a bug and is not caught.
 """
 
 from __future__ import annotations
@@ -17,79 +22,176 @@ import contextlib
 import gc
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import pyarrow.compute as pc
 import structlog
 
-from harvester import manifest, report
+from harvester import report
 from harvester.client import ApiClient, Page
+from harvester.committer import Committer
 from harvester.config import HarvestConfig
 from harvester.errors import (
     FATAL,
     ApiUnreachable,
     ConfigError,
     ConnectionFailed,
+    DataError,
     HarvesterError,
+    PagingError,
+    RequestRejected,
+    Shifted,
     StorageError,
     StorageFull,
     TransientError,
 )
-from harvester.lake import WindowWriter, stamp_bounds
+from harvester.intervals import Spans
+from harvester.lake import days
+from harvester.lake.spool import Spool
+from harvester.lake.writer import DayWriter
+from harvester.leases import Leases
+from harvester.manifest import legacy
+from harvester.manifest.io import Manifest
+from harvester.manifest.model import Head, month_domain, months_between
 from harvester.paging import page_through
-from harvester.planner import Batch, Plan, Unit, assign_shard, group_units, resume_point
+from harvester.planner import FeedPlan, Plan, shard_share, windows_in
 from harvester.ratelimit import AdaptiveRateLimiter
-from harvester.report import Failure, FeedSummary, RunResult
+from harvester.report import FeedSummary, RunResult
 from harvester.retry import RetryPolicy, Sleep
 from harvester.schemas import FEEDS, items_to_table
 from harvester.secret import Secret, redact
-from harvester.storage import Store
-from harvester.windows import Window, format_api, parse_api, plan_windows, query_bounds
+from harvester.spans import Span, SpanQueue, too_dense
+from harvester.staging import Staging, staging_root
+from harvester.storage import ABSENT, Store
+from harvester.windows import SECOND, floor_to, format_api, parse_api, plan_windows
 
 log = structlog.get_logger("harvester")
 
+RESTARTS = 2
+"""Times a span starts again when records move under its paging, before it is cut."""
 
-async def plan(config: HarvestConfig, store: Store) -> Plan:
-    """Plan the run; reads the manifest, makes no API call."""
+
+def _epoch(moment: datetime) -> int:
+    return int(moment.timestamp())
+
+
+def _instant(epoch: int) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+async def open_lake(
+    manifest: Manifest, config: HarvestConfig, *, migrate: bool = True
+) -> Head | None:
+    """The lake's head (None for a new lake), migrating a version 1 lake first.
+
+    Refuses a lake whose window size or table format differs from the run's: two cuts
+    of the same time would hold records twice. With ``migrate=False`` (``status``,
+    ``plan``), a version 1 lake is read into a head in memory and nothing is written.
+    """
+    head, expect = await manifest.read_head()
+    if head is None:
+        keys = await legacy.legacy_keys(manifest.store)
+        if keys:
+            if migrate:
+                head = await legacy.migrate(manifest, keys, table_format=config.table_format)
+            else:
+                head, _ = await legacy.build(manifest.store, keys, table_format=config.table_format)
+        elif expect is not ABSENT:
+            head = await rebuild_head(manifest, config) if migrate else None
+    elif head.legacy == "cleanup" and migrate:
+        head = await legacy.finish_cleanup(manifest, head)
+    if head is not None:
+        step = int(config.window.total_seconds())
+        if head.window != step:
+            raise ConfigError(
+                f"the lake at {manifest.store.url()} was built with {head.window // 60}-minute "
+                f"windows, not --window {int(step // 60)}m; re-run with the --window the "
+                "lake was built with, or use a new --out"
+            )
+        if head.table_format != config.table_format:
+            raise ConfigError(
+                f"the lake at {manifest.store.url()} holds {head.table_format} tables; "
+                f"--table-format {config.table_format} cannot be mixed into it: use "
+                f"--table-format {head.table_format}, or a new --out"
+            )
+    return head
+
+
+async def rebuild_head(manifest: Manifest, config: HarvestConfig) -> Head:
+    """A new head from every partition (the old head was damaged): one listing, read all."""
+    parts = await manifest.all_partitions()
+    step = int(config.window.total_seconds())
+
+    def rebuild(_: Head | None) -> Head:
+        head = Head(table_format=config.table_format, window=step)
+        for current in parts:
+            if current.version is not None:
+                head = head.with_partition(current.part, current.version)
+        return head
+
+    log.warning("manifest.head_rebuilt", partitions=len(parts))
+    return await manifest.update_head(rebuild)
+
+
+async def plan(config: HarvestConfig, store: Store, *, write: bool = False) -> Plan:
+    """Plan the run from the manifest; no API call. ``write`` allows a migration."""
+    manifest = Manifest(store)
+    head = await open_lake(manifest, config, migrate=write)
+    step = int(config.window.total_seconds())
     fingerprint = config.query.fingerprint
-    every: list[Unit] = []
-    entries_by_feed = {}
+    feeds: dict[str, FeedPlan] = {}
     for feed in config.feeds:
-        entries = entries_by_feed[feed] = await manifest.load(store, feed)
-        after = config.after
+        after = _epoch(config.after) if config.after else None
         if config.since_last:
-            after = resume_point(entries, fingerprint, config.after)
-            if after is None:
+            resumed = head.resume_point(feed, fingerprint, after) if head else after
+            if resumed is None:
                 raise ConfigError(
                     f"--since-last: the lake has no complete {feed} window with this query "
                     "yet; pass --after for the first run"
                 )
+            after = resumed
         assert after is not None
-        if after >= config.before:
-            log.info("feed.up_to_date", feed=feed, until=format_api(after))
+        before = _epoch(config.before)
+        if after >= before:
+            log.info("feed.up_to_date", feed=feed, until=format_api(_instant(after)))
+            feeds[feed] = FeedPlan(feed=feed, planned=Spans(), done=Spans(), todo=Spans())
             continue
-        windows = plan_windows(after, config.before, config.window)
-        manifest.check_grid(feed, windows, entries)
-        every.extend(Unit(window=w, feed=feed) for w in windows)
-    every_done = frozenset(
-        u
-        for u in every
-        if not config.force
-        and (e := entries_by_feed[u.feed].get(u.window)) is not None
-        and e.fingerprint == fingerprint
-    )
-    mine = assign_shard(every, config.shard, feeds=config.feeds)
-    return Plan(
-        units=tuple(mine),
-        done=every_done.intersection(mine),
-        every=tuple(sorted(every)),
-        every_done=every_done,
-    )
+        _check_grid(after, before, config)
+        planned = Spans.one(after, before)
+        done = Spans()
+        if not config.force and head is not None:
+            known = head.feed(feed).months
+            months = [m for m in months_between(after, before) if m in known]
+            for current in (await manifest.read_partitions(feed, months)).values():
+                done = done | current.part.complete(fingerprint)
+            done = done & planned
+        todo = shard_share(
+            planned - done, feed=feed, shard=config.shard, feeds=config.feeds, step=step
+        )
+        feeds[feed] = FeedPlan(feed=feed, planned=planned, done=done, todo=todo)
+    return Plan(step=step, shard=config.shard, feeds=feeds)
+
+
+def _check_grid(after: int, before: int, config: HarvestConfig) -> None:
+    start, end = _instant(after), _instant(before)
+    if floor_to(start, config.window) != start or floor_to(end, config.window) != end:
+        plan_windows(start, end, config.window)  # raises the one-line error with a hint
+
+
+class Resize(Exception):
+    """Internal: a span's first page showed it far denser than carved for."""
+
+    def __init__(self, density: float, page: int) -> None:
+        super().__init__(f"{density:.3g} items/s")
+        self.density = density
+        self.page = page
 
 
 class Harvest:
-    """One run of the harvester over a plan."""
+    """One run of the harvester."""
 
     def __init__(
         self,
@@ -103,23 +205,157 @@ class Harvest:
         self.config = config
         self.store = store
         self.run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+        self.step = int(config.window.total_seconds())
         self._api_key = api_key
         self._sleep = sleep
         self._clock = clock
         self._stopping = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._client: ApiClient | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.result = RunResult(run_id=self.run_id, feeds={f: FeedSummary() for f in config.feeds})
+        self.manifest = Manifest(store, sleep=sleep)
+        self._held: dict[str, Spans] = {}
 
     def snapshot(self) -> dict[str, FeedSummary]:
         """Live per-feed totals, request counters included (for a progress display)."""
         return {feed: summary.copy() for feed, summary in self.result.feeds.items()}
 
     def stop(self) -> None:
-        """Stop taking new units and abandon in-flight ones (their files are discarded)."""
+        """Stop taking new spans and abandon those in flight (their rows are discarded)."""
         self._stopping.set()
         for task in self._tasks:
             task.cancel()
+
+    async def execute(self) -> RunResult:
+        """Plan from the lake's manifest (migrating an old lake), then harvest what is left."""
+        return await self.run(await plan(self.config, self.store, write=True))
+
+    async def run(self, the_plan: Plan) -> RunResult:
+        """Harvest every window the plan has left to do."""
+        started = self._clock()
+        started_at = datetime.now(UTC).isoformat(timespec="milliseconds")
+        todo = the_plan.todo
+        for feed, fp in the_plan.feeds.items():
+            summary = self.result.feeds[feed]
+            share = shard_share(
+                fp.planned,
+                feed=feed,
+                shard=self.config.shard,
+                feeds=self.config.feeds,
+                step=self.step,
+            )
+            summary.windows = windows_in(share, self.step)
+            summary.skipped = summary.windows - windows_in(fp.todo, self.step)
+        log.info(
+            "run.start",
+            run_id=self.run_id,
+            windows=sum(s.windows for s in self.result.feeds.values()),
+            todo=sum(windows_in(s, self.step) for s in todo.values()),
+            skipped=sum(s.skipped for s in self.result.feeds.values()),
+            shard=str(self.config.shard),
+        )
+        if not todo:
+            return self._finish(started)
+        try:
+            await self._harvest(todo)
+        except StorageFull:
+            # The disk is full, but the report may still fit: keep the run on record.
+            with contextlib.suppress(StorageError):
+                await self._report(started, started_at)
+            raise
+        return await self._report(started, started_at)
+
+    async def _harvest(self, todo: dict[str, Spans]) -> None:
+        await self.store.check_writable()
+        queue = SpanQueue(
+            todo,
+            step=self.step,
+            max_span=int(self.config.max_span.total_seconds()),
+            page=self.config.limit,
+        )
+        async with self._new_client() as client:
+            first = queue.take()
+            assert first is not None
+            queue.give_back(first)
+            # Before anything is written: a refused key or a dead URL leave no trace.
+            await self._preflight(client, first)
+            await self.manifest.update_head(
+                lambda head: head or Head(table_format=self.config.table_format, window=self.step)
+            )
+            leases = Leases(self.store, self.run_id, ttl=self.config.lease_ttl, sleep=self._sleep)
+            staging = Staging(staging_root(self.store), leases.owner)
+            folder = await staging.open()
+            committer = Committer(
+                manifest=self.manifest,
+                writer=DayWriter(self.store, folder),
+                leases=leases,
+                todo=todo,
+                step=self.step,
+                fingerprint=self.config.query.fingerprint,
+                query=self.config.query.describe(),
+                run_id=self.run_id,
+                summaries=self.result.feeds,
+                failures=self.result.failures,
+                commit_every=self.config.commit_every,
+                clock=self._clock,
+            )
+            try:
+                await self._work(client, queue, leases, staging, committer, folder)
+                await committer.flush()
+                await self._settle_held(committer)
+            finally:
+                with contextlib.suppress(HarvesterError):
+                    await leases.release_all()
+                await staging.close()
+
+    async def _work(
+        self,
+        client: ApiClient,
+        queue: SpanQueue,
+        leases: Leases,
+        staging: Staging,
+        committer: Committer,
+        folder: Path,
+    ) -> None:
+        """Run the workers, the committer and the lease keeper until the spans are done."""
+        work = _Work(queue)
+        try:
+            with _rare_collections:
+                async with asyncio.TaskGroup() as group:
+                    done = asyncio.Event()
+                    committing = group.create_task(committer.run())
+                    keeping = group.create_task(
+                        self._keep_alive(leases, staging, committer, done)
+                    )
+                    workers = [
+                        group.create_task(self._worker(client, work, leases, committer, folder))
+                        for _ in range(self.config.concurrency)
+                    ]
+                    for task in workers:
+                        self._tasks.add(task)
+                        task.add_done_callback(self._tasks.discard)
+                    await asyncio.wait(workers)
+                    # Both end after what they are doing: a commit or a lease write is
+                    # never cut half way.
+                    committer.close()
+                    done.set()
+                    await committing
+                    await keeping
+        except BaseExceptionGroup as group_error:
+            raise _first_fatal(group_error) from None
+
+    async def _keep_alive(
+        self, leases: Leases, staging: Staging, committer: Committer, done: asyncio.Event
+    ) -> None:
+        """Renew the leases, mark the staging folder alive, give back finished blocks."""
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), min(leases.ttl / 3, 10.0))
+            if done.is_set():
+                return
+            await leases.renew()
+            staging.touch()
+            for block in committer.finished_blocks():
+                await leases.release(block)
 
     def _new_client(self) -> ApiClient:
         config = self.config
@@ -137,61 +373,208 @@ class Harvest:
             sleep=self._sleep,
         )
 
-    def _params(self, span: Window) -> dict[str, str]:
-        """The query string of every page of ``span``, less ``limit`` and ``offset``."""
-        after, before = query_bounds(span)
+    def _params(self, span: Span) -> dict[str, str]:
+        """The query string of every page of ``span``, less ``limit`` and ``offset``.
+
+        ``after`` is one second early: nobody knows whether the API's ``after`` is
+        inclusive, and a record at exactly ``start`` must come back either way.
+        """
+        after = format_api(_instant(span.start) - SECOND)
+        before = format_api(_instant(span.end))
         return {**self.config.query.params(), "after": after, "before": before}
 
-    async def execute(self) -> RunResult:
-        """Plan from the lake's manifest, then harvest what the plan has left."""
-        return await self.run(await plan(self.config, self.store))
+    async def _preflight(self, client: ApiClient, span: Span) -> None:
+        """One small request first: a dead URL, a refused key or a bad query fail fast."""
+        quick = RetryPolicy(attempts=3, timeout=30.0, initial=0.2, maximum=2.0)
+        window = Span(feed=span.feed, start=span.start, end=span.start + self.step)
+        try:
+            params = {**self._params(window), "limit": "1", "offset": "0"}
+            await client.fetch_page(span.feed, params, policy=quick)
+        except ConnectionFailed as exc:
+            raise ApiUnreachable(
+                f"cannot reach the API at {self.config.base_url} ({exc}); check --base-url "
+                "and the network"
+            ) from exc
+        except RequestRejected as exc:
+            raise ConfigError(
+                f"the API rejects this query ({exc}); check --filter, --sample, --ioc and "
+                "the other query flags"
+            ) from exc
+        except TransientError as exc:
+            # The API answered: it is reachable and took the key. Let the spans
+            # themselves retry and, if they must, fail on their own.
+            log.warning("preflight.failed", feed=span.feed, error=type(exc).__name__)
 
-    async def run(self, the_plan: Plan) -> RunResult:
-        """Harvest every unit the plan has left to do."""
-        started = self._clock()
-        started_at = datetime.now(UTC).isoformat(timespec="milliseconds")
-        todo = the_plan.todo
-        for unit in the_plan.units:
-            summary = self.result.feeds[unit.feed]
-            summary.windows += 1
-            if unit in the_plan.done:
-                summary.skipped += 1
-        log.info(
-            "run.start",
-            run_id=self.run_id,
-            units=len(the_plan.units),
-            todo=len(todo),
-            skipped=len(the_plan.units) - len(todo),
-            shard=str(self.config.shard),
-        )
-        if todo:
+    async def _worker(
+        self,
+        client: ApiClient,
+        work: _Work,
+        leases: Leases,
+        committer: Committer,
+        folder: Path,
+    ) -> None:
+        """Take spans one by one until none is left or the run is stopping."""
+        while not self._stopping.is_set():
+            span = await work.take()
+            if span is None:
+                return
             try:
-                await self._harvest(todo)
-            except StorageFull:
-                # The disk is full, but the report may still fit (it is small, and some
-                # staged files were just removed): keep the run on record if it does.
-                with contextlib.suppress(StorageError):
-                    await self._report(started, started_at)
+                await self._one(client, work, span, leases, committer, folder)
+            except asyncio.CancelledError:
+                if self._stopping.is_set():
+                    log.warning("span.abandoned", feed=span.feed, span=_label(span))
+                    return
                 raise
-        return await self._report(started, started_at) if todo else self._finish(started)
+            finally:
+                work.release()
 
-    async def _harvest(self, todo: list[Unit]) -> None:
-        await self.store.check_writable()
-        async with self._new_client() as client:
-            self._client = client
-            await self._preflight(client, todo[0])
-            batches = group_units(todo)
-            queue = iter(batches)  # shared by the workers: each batch is taken once
-            workers = min(self.config.concurrency, len(batches))
+    async def _one(
+        self,
+        client: ApiClient,
+        work: _Work,
+        span: Span,
+        leases: Leases,
+        committer: Committer,
+        folder: Path,
+    ) -> None:
+        queue = work.queue
+        blocked = [
+            month
+            for month in months_between(span.start, span.end)
+            if not await leases.acquire((span.feed, month))
+        ]
+        if blocked:
+            held = Spans.of(month_domain(m, self.step) for m in blocked)
+            queue.give_back(span)
+            left = queue.remaining(span.feed) & held
+            queue.drop(span.feed, held)
+            committer.left(span.feed, held)
+            self._held[span.feed] = self._held.get(span.feed, Spans()) | left
+            for month in blocked:
+                log.warning(
+                    "span.held",
+                    feed=span.feed,
+                    month=month,
+                    holder=str(leases.holders.get((span.feed, month), "another run")),
+                )
+            return
+        summary = self.result.feeds[span.feed]
+        started = self._clock()
+        try:
+            spool, pages = await self._harvest_span(client, span, queue, folder)
+        except Resize as resize:
+            queue.learn(span.feed, density=resize.density, page=resize.page)
+            queue.give_back(span)
+            return
+        except FATAL:
+            raise
+        except (RequestRejected, PagingError, DataError) as exc:
+            if span.windows(self.step) > 1:
+                halves = span.halves(self.step)
+                cap = span.length // 2 if isinstance(exc, RequestRejected) else None
+                queue.redo(halves, cap=cap)
+                log.warning(
+                    "span.split",
+                    feed=span.feed,
+                    span=_label(span),
+                    error=type(exc).__name__,
+                    reason=redact(str(exc)),
+                )
+                return
+            queue.done(span)
+            committer.failed(span, exc)
+            return
+        except HarvesterError as exc:
+            queue.done(span)
+            committer.failed(span, exc)
+            return
+        finally:
+            summary.seconds += self._clock() - started
+        summary.pages += pages
+        queue.learn(span.feed, density=max(spool.rows, 0.5) / span.length)
+        queue.done(span)
+        committer.finished(span, spool)
+
+    async def _harvest_span(
+        self, client: ApiClient, span: Span, queue: SpanQueue, folder: Path
+    ) -> tuple[Spool, int]:
+        """Page through ``span`` into a spool; start again if records move underneath."""
+        feed = FEEDS[span.feed]
+        query = self._params(span)
+        owned = Spans.one(span.start, span.end)
+        for attempt in range(RESTARTS + 1):
+            name = f"{span.feed}-{span.start}-{uuid.uuid4().hex[:8]}.arrow"
+            spool = Spool(folder / name, feed.schema)
+            first = True
+
+            async def fetch(offset: int, limit: int) -> Page:
+                params = {**query, "limit": str(limit), "offset": str(offset)}
+                return await client.fetch_page(span.feed, params)
+
+            async def on_page(page: Page, spool: Spool = spool) -> None:
+                nonlocal first
+                # Inline, not in a thread: the conversion holds the GIL throughout.
+                table = items_to_table(feed, page.items)
+                if first:
+                    first = False
+                    self._probe(span, page, table, queue)
+                try:
+                    spool.append(days.select(table, owned))
+                except OSError as exc:  # a full disk, say: the spool is on the staging disk
+                    raise self.store.staging_error(exc, spool.path) from exc
+
             try:
-                with _rare_collections:
-                    async with asyncio.TaskGroup() as group:
-                        for _ in range(workers):
-                            task = group.create_task(self._worker(client, queue))
-                            self._tasks.add(task)
-                            task.add_done_callback(self._tasks.discard)
-            except BaseExceptionGroup as group_error:
-                raise _first_fatal(group_error) from None
+                paged = await page_through(
+                    fetch,
+                    limit=self.config.limit,
+                    prefetch=self.config.prefetch,
+                    on_page=on_page,
+                    covered=lambda page: covered_share(page, span),
+                )
+            except Shifted:
+                spool.discard()
+                log.warning("span.shifted", feed=span.feed, span=_label(span), attempt=attempt)
+                continue
+            except BaseException:
+                spool.discard()
+                raise
+            try:
+                spool.close()
+            except OSError as exc:
+                spool.discard()
+                raise self.store.staging_error(exc, spool.path) from exc
+            return spool, paged.pages
+        raise PagingError(
+            f"records kept being added while {span.feed} {_label(span)} was paged "
+            f"({RESTARTS + 1} tries); it is split into shorter queries"
+        )
+
+    def _probe(self, span: Span, page: Page, table: Any, queue: SpanQueue) -> None:
+        """The first page of a span: learn the page size, and the density if it is full."""
+        queue.learn(span.feed, density=queue.density(span.feed) or 0.0, page=page.items_per_page)
+        if len(page.items) < page.items_per_page or span.windows(self.step) < 2:
+            return
+        oldest = pc.min(days.seconds(table)).as_py()
+        if oldest is None or oldest <= span.start or oldest >= span.end:
+            return  # odd stamps: cannot tell
+        density = len(page.items) / (span.end - oldest)
+        if too_dense(span, density=density, page=page.items_per_page):
+            raise Resize(density, page.items_per_page)
+
+    async def _settle_held(self, committer: Committer) -> None:
+        """Windows another run held: done by now, or left (exit 75, said by the CLI)."""
+        if not self._held:
+            return
+        fingerprint = self.config.query.fingerprint
+        for feed, spans in self._held.items():
+            months = months_between(spans.first or 0, spans.last or 0)
+            parts = await self.manifest.read_partitions(feed, months)
+            done = Spans()
+            for current in parts.values():
+                done = done | current.part.complete(fingerprint)
+            left = spans - done
+            self.result.feeds[feed].held = windows_in(left, self.step)
+            self.result.feeds[feed].done += windows_in(spans & done, self.step)
 
     def _finish(self, started: float) -> RunResult:
         self.result.interrupted = self._stopping.is_set()
@@ -203,136 +586,45 @@ class Harvest:
         ended_at = datetime.now(UTC).isoformat(timespec="milliseconds")
         built = report.build_report(self.config, result, started_at=started_at, ended_at=ended_at)
         key = await report.write_report(self.store, built)
+        view = report.run_view(built)
+        await self.manifest.update_head(
+            lambda head: (
+                head or Head(table_format=self.config.table_format, window=self.step)
+            ).with_run(view, feeds=self.config.feeds)
+        )
         log.info("run.report", key=key)
         return result
 
-    async def _preflight(self, client: ApiClient, unit: Unit) -> None:
-        """One small request first: a dead URL or a refused key fails fast and clearly."""
-        quick = RetryPolicy(attempts=3, timeout=30.0, initial=0.2, maximum=2.0)
-        try:
-            params = {**self._params(unit.window), "limit": "1", "offset": "0"}
-            await client.fetch_page(unit.feed, params, policy=quick)
-        except ConnectionFailed as exc:
-            raise ApiUnreachable(
-                f"cannot reach the API at {self.config.base_url} ({exc}); check --base-url "
-                "and the network"
-            ) from exc
-        except TransientError as exc:
-            # The API answered: it is reachable and took the key. Let the window itself
-            # retry and, if it must, fail on its own.
-            log.warning("preflight.failed", feed=unit.feed, error=type(exc).__name__)
 
-    async def _worker(self, client: ApiClient, queue: Iterator[Batch]) -> None:
-        """Take batches one by one until none is left or the run is stopping.
+class _Work:
+    """The span queue shared by the workers, and when to stop waiting on it."""
 
-        A fixed pool of workers, not a task per unit, keeps memory flat over years of
-        small windows.
-        """
-        for batch in queue:
-            if self._stopping.is_set():
-                return
-            try:
-                await self._guarded(client, batch)
-            except asyncio.CancelledError:
-                if self._stopping.is_set():
-                    # stop() cancelled us: the batch's staged files are already gone.
-                    log.warning("window.abandoned", feed=batch.feed, window=str(batch.span))
-                    return
-                raise
+    def __init__(self, queue: SpanQueue) -> None:
+        self.queue = queue
+        self.busy = 0
+        self._changed = asyncio.Event()
 
-    async def _guarded(self, client: ApiClient, batch: Batch) -> None:
-        """Harvest one batch: a failure is recorded and logged, a fatal error propagates."""
-        summary = self.result.feeds[batch.feed]
-        started = self._clock()
-        try:
-            await self._harvest_batch(client, batch)
-        except FATAL:
-            raise
-        except HarvesterError as exc:
-            # Only our own errors fail a window: anything else is a bug, and must reach
-            # the CLI's exit 70 instead of passing as "run the same command again".
-            reason = redact(str(exc)) or type(exc).__name__
-            for unit in batch.units:
-                summary.failed += 1
-                self.result.failures.append(Failure.of(unit.feed, unit.window, exc, reason))
-                log.error(
-                    "window.failed",
-                    feed=unit.feed,
-                    window=str(unit.window),
-                    error=type(exc).__name__,
-                    reason=reason,
-                )
-        finally:
-            summary.seconds += self._clock() - started
+    async def take(self) -> Span | None:
+        """The next span; None once nothing is left and nothing in flight can give back."""
+        while True:
+            span = self.queue.take()
+            if span is not None:
+                self.busy += 1
+                return span
+            if self.busy == 0:
+                self._changed.set()  # let the other idle workers see it too
+                return None
+            # No await between the check and the wait: a release cannot slip between.
+            self._changed.clear()
+            await self._changed.wait()
 
-    async def _harvest_batch(self, client: ApiClient, batch: Batch) -> None:
-        """Page through the batch's span; route rows to their windows; commit, then record."""
-        feed = FEEDS[batch.feed]
-        span = batch.span
-
-        query = self._params(span)
-
-        async def fetch(offset: int, limit: int) -> Page:
-            params = {**query, "limit": str(limit), "offset": str(offset)}
-            return await client.fetch_page(batch.feed, params)
-
-        async with contextlib.AsyncExitStack() as stack:
-            writers = [
-                await stack.enter_async_context(WindowWriter(self.store, feed, window))
-                for window in batch.windows
-            ]
-
-            async def on_page(page: Page) -> None:
-                # Inline, not in a thread: the conversion holds the GIL throughout, so a
-                # thread would only add switches (measured: slower on scenario a).
-                table = items_to_table(feed, page.items)
-                # Newest first or not, one page spans a few windows of the batch at most:
-                # hand it only to those, not to every writer of a day of quarter hours.
-                bounds = stamp_bounds(table)
-                if bounds is None:
-                    return
-                low, high = bounds
-                for writer in writers:
-                    start, end = writer.window.seconds
-                    if start <= high and low < end:
-                        await writer.add(table, bounds)
-
-            paged = await page_through(
-                fetch,
-                limit=self.config.limit,
-                prefetch=self.config.prefetch,
-                on_page=on_page,
-                covered=lambda page: covered_share(page, span),
-            )
-            committed = [(writer, await writer.finish()) for writer in writers]
-        summary = self.result.feeds[batch.feed]
-        summary.pages += paged.pages
-        for writer, files in committed:
-            entry = manifest.Entry(
-                feed=batch.feed,
-                window=writer.window,
-                fingerprint=self.config.query.fingerprint,
-                query=self.config.query.describe(),
-                rows=writer.rows,
-                pages=paged.pages,  # of the query that fetched the whole batch
-                files=tuple(files),
-                run_id=self.run_id,
-                shard=str(self.config.shard),
-            )
-            await manifest.record(self.store, entry)
-            summary.done += 1
-            summary.rows += writer.rows
-            log.info(
-                "window.done",
-                feed=batch.feed,
-                window=str(writer.window),
-                rows=writer.rows,
-                pages=entry.pages,
-                batch=str(span),
-            )
+    def release(self) -> None:
+        """A span is out of a worker's hands (finished, failed, given back or cut)."""
+        self.busy -= 1
+        self._changed.set()
 
 
-def covered_share(page: Page, span: Window) -> float | None:
+def covered_share(page: Page, span: Span) -> float | None:
     """How much of ``span`` the pages up to ``page`` have covered, if items are newest first.
 
     The oldest item of the page bounds what is left; None when the page does not look
@@ -340,13 +632,17 @@ def covered_share(page: Page, span: Window) -> float | None:
     ahead as deep as it may).
     """
     try:
-        newest = parse_api(page.items[0]["timestamp"])
-        oldest = parse_api(page.items[-1]["timestamp"])
+        newest = int(parse_api(page.items[0]["timestamp"]).timestamp())
+        oldest = int(parse_api(page.items[-1]["timestamp"]).timestamp())
     except (IndexError, KeyError, TypeError, ValueError):
         return None
     if not span.start <= oldest <= newest < span.end:
         return None
     return max((span.end - oldest) / (span.end - span.start), 1e-9)
+
+
+def _label(span: Span) -> str:
+    return f"[{format_api(_instant(span.start))}, {format_api(_instant(span.end))})"
 
 
 class _RareCollections:

@@ -37,7 +37,7 @@ from typing import Any
 import orjson
 
 from harvester.client import Page
-from harvester.errors import PagingError, PageTooLarge, Shifted
+from harvester.errors import PageTooLarge, PagingError, Shifted
 
 FetchPage = Callable[[int, int], Awaitable[Page]]
 OnPage = Callable[[Page], Awaitable[None]]

@@ -36,14 +36,13 @@ def shard_of(feed: str, month: str, *, feeds: Sequence[str], count: int) -> int:
     return (month_number(month) * len(order) + order.index(feed)) % count
 
 
-def shard_share(
-    spans: Spans, *, feed: str, shard: Shard, feeds: Sequence[str], step: int
-) -> Spans:
+def shard_share(spans: Spans, *, feed: str, shard: Shard, feeds: Sequence[str], step: int) -> Spans:
     """The part of ``spans`` (windows of ``feed``) that ``shard`` owns."""
     if shard.count == 1 or not spans:
         return spans
     first, last = spans.first, spans.last
-    assert first is not None and last is not None
+    assert first is not None
+    assert last is not None
     owned = Spans.of(
         month_domain(month, step)
         for month in months_between(first, last)
@@ -67,7 +66,7 @@ class FeedPlan:
     done: Spans
     """Planned windows already complete with this query (and not to be redone)."""
     todo: Spans
-    """This shard's windows to harvest."""
+    """The shard's windows to harvest."""
 
     @property
     def left(self) -> Spans:
@@ -86,7 +85,7 @@ class Plan:
 
     @property
     def todo(self) -> dict[str, Spans]:
-        """This shard's windows to harvest, per feed (feeds with nothing left omitted)."""
+        """The shard's windows to harvest, per feed (feeds with nothing left omitted)."""
         return {f: p.todo for f, p in self.feeds.items() if p.todo}
 
     def count(self, spans: Spans) -> int:
@@ -135,4 +134,3 @@ def format_api_epoch(epoch: int | None) -> str | None:
     if epoch is None:
         return None
     return format_api(datetime.fromtimestamp(epoch, UTC))
-

@@ -38,6 +38,12 @@ class FeedSummary:
     failed: int = 0
     pages: int = 0
     rows: int = 0
+    held: int = 0
+    """Windows left to another run that held their lease."""
+    late: int = 0
+    """Rows that windows harvested again gained (records that arrived late)."""
+    unchanged: int = 0
+    """Windows harvested again that brought exactly what the lake held."""
     seconds: float = 0.0
     counters: Counters = field(default_factory=Counters)
     """The API client counts into this very object."""
@@ -87,9 +93,14 @@ class RunResult:
     seconds: float = 0.0
 
     @property
+    def held(self) -> int:
+        """Windows left to another run that held their lease (and has not finished them)."""
+        return sum(s.held for s in self.feeds.values())
+
+    @property
     def ok(self) -> bool:
-        """True when every unit of the plan is complete."""
-        return not self.failures and not self.interrupted
+        """True when every window of the plan is complete."""
+        return not self.failures and not self.interrupted and not self.held
 
     def to_json(self) -> dict[str, Any]:
         """The result as JSON-able data (for XCom, asset metadata, ``--json``)."""
@@ -97,6 +108,7 @@ class RunResult:
             "run_id": self.run_id,
             "ok": self.ok,
             "interrupted": self.interrupted,
+            "held": self.held,
             "seconds": round(self.seconds, 3),
             "feeds": {feed: asdict(s) for feed, s in self.feeds.items()},
             "failures": [asdict(f) for f in self.failures],
@@ -150,21 +162,21 @@ def build_report(
     }
 
 
+def run_view(report: dict[str, Any]) -> dict[str, Any]:
+    """What the manifest head keeps of a run report: who, when, and how it went."""
+    return {
+        "run_id": report["run_id"],
+        "shard": report["parameters"]["shard"],
+        "started_at": report["started_at"],
+        "ended_at": report["ended_at"],
+        "ok": report["ok"],
+        "interrupted": report["interrupted"],
+        "failures": len(report["failures"]),
+    }
+
+
 async def write_report(store: Store, report: dict[str, Any]) -> str:
     """Store a report; return its key."""
     key = report_key(report["run_id"], report["parameters"]["shard"])
     await store.put_bytes(key, orjson.dumps(report, option=orjson.OPT_INDENT_2))
     return key
-
-
-async def load_reports(store: Store) -> list[dict[str, Any]]:
-    """Every run report in the lake, oldest first."""
-    reports = []
-    for key in await store.list_keys(f"{PREFIX}/"):
-        data = await store.get_bytes(key)
-        if data:
-            try:
-                reports.append(orjson.loads(data))
-            except orjson.JSONDecodeError:
-                continue  # a report is informational; a damaged one must not block status
-    return sorted(reports, key=lambda r: (r.get("started_at", ""), r.get("run_id", "")))

@@ -74,9 +74,7 @@ class Span:
         )
 
 
-def carve(
-    todo: Spans, *, feed: str, step: int, length: int | None, limit: int
-) -> Span | None:
+def carve(todo: Spans, *, feed: str, step: int, length: int | None, limit: int) -> Span | None:
     """The next span of ``todo`` (oldest first): ``length`` seconds, at most ``limit``.
 
     ``length`` None means "as long as allowed" (the density is not known yet). The span
@@ -126,9 +124,7 @@ class SpanQueue:
     fewest spans in flight first, so one dense feed does not starve the others.
     """
 
-    def __init__(
-        self, todo: Mapping[str, Spans], *, step: int, max_span: int, page: int
-    ) -> None:
+    def __init__(self, todo: Mapping[str, Spans], *, step: int, max_span: int, page: int) -> None:
         self.step = step
         self.max_span = max(step, max_span // step * step)
         self._feeds = {f: _Feed(todo=s, page=page) for f, s in todo.items() if s}
@@ -148,9 +144,7 @@ class SpanQueue:
         ready = [(f, s) for f, s in self._feeds.items() if s.todo or s.redo]
         if not ready:
             return None
-        name, state = min(
-            ready, key=lambda fs: (fs[1].in_flight, _first(fs[1]), fs[0])
-        )
+        name, state = min(ready, key=lambda fs: (fs[1].in_flight, _first(fs[1]), fs[0]))
         if state.redo:
             span = state.redo.popleft()
         else:

@@ -33,6 +33,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -201,12 +202,6 @@ class Store(abc.ABC):
         """The error for ``exc``, raised while writing the staged file ``staged``."""
         return local_error(exc, staged)
 
-    async def discard_stale(self, key: str) -> None:
-        """Remove staging leftovers of ``key`` from a process that was killed.
-
-        Only the unit that owns ``key`` calls this, so it never races another writer.
-        """
-
     async def close(self) -> None:
         """Release clients and threads."""
 
@@ -245,13 +240,6 @@ class LocalStore(Store):
         finally:
             await asyncio.to_thread(staged.unlink, missing_ok=True)
 
-    async def discard_stale(self, key: str) -> None:
-        """Unlink ``.{name}.*.tmp`` beside ``key``: what a SIGKILL left behind."""
-        target = self._path(key)
-        if target.parent.is_dir():
-            for leftover in target.parent.glob(f".{target.name}.*.tmp"):
-                await asyncio.to_thread(leftover.unlink, missing_ok=True)
-
     async def read(self, key: str) -> Blob | None:
         """The file's bytes and the version they are (one open file: they agree)."""
         return await asyncio.to_thread(self._read, key)
@@ -262,7 +250,7 @@ class LocalStore(Store):
             with open(path, "rb") as handle:
                 stat = os.fstat(handle.fileno())
                 data = handle.read()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no such object
             return None
         except OSError as exc:
             raise local_error(exc, path) from exc
@@ -279,7 +267,9 @@ class LocalStore(Store):
             _mkdir(target.parent)
             _write(staged, data)
             _fsync(staged)
-            return self._install(staged, key, expect)
+            info = self._install(staged, key, expect)
+            _sweep(target)
+            return info
         except OSError as exc:
             raise local_error(exc, target) from exc
         finally:
@@ -294,6 +284,7 @@ class LocalStore(Store):
         target = self._path(key)
         try:
             _fsync(staged)  # the slow part, outside the folder's lock
+            _mkdir(target.parent)
             return self._install(staged, key, expect)
         except OSError as exc:
             raise local_error(exc, target) from exc
@@ -382,7 +373,7 @@ class LocalStore(Store):
         path = self._path(key)
         try:
             stat = await asyncio.to_thread(os.stat, path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no such object
             yield None
             return
         except OSError as exc:
@@ -460,9 +451,42 @@ def _all_at_or_before(folder: str, start_after: str | None) -> bool:
     return start_after > folder
 
 
+_HOST = socket.gethostname().replace(".", "_")
+
+
 def _staged_beside(target: Path) -> Path:
-    """A fresh dot-file name beside ``target``: globs skip it, a rename makes it ``target``."""
-    return target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    """A fresh dot-file beside ``target``, named after its owner (host and process).
+
+    Globs skip it, a rename makes it ``target``, and :func:`_sweep` knows whose it is.
+    """
+    return target.with_name(f".{target.name}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _sweep(target: Path) -> None:
+    """Remove the dot-files beside ``target`` left by dead processes of this host.
+
+    Another process's dot-file is a write in progress unless that process is gone (a
+    ``kill -9``); files of other hosts, which this one cannot check, are left alone.
+    """
+    for leftover in target.parent.glob(f".{target.name}.*.tmp"):
+        parts = leftover.name[len(target.name) + 2 : -len(".tmp")].split(".")
+        if len(parts) != 3 or parts[0] != _HOST or not parts[1].isdigit():
+            continue
+        pid = int(parts[1])
+        if pid == os.getpid() or _alive(pid):
+            continue
+        with contextlib.suppress(OSError):
+            leftover.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _mkdir(path: Path) -> None:

@@ -39,3 +39,32 @@ def harvest(
     config = api.make_config(env={}, now=now, **merged)
     sleep = _fast_sleep if fast else asyncio.sleep
     return asyncio.run(api.aharvest(config, api_key=key, sleep=sleep))
+
+
+def forget(out: str, feed: str, start: datetime) -> None:
+    """Make the window of ``feed`` starting at ``start`` not complete, as a repair would.
+
+    The partition drops it first, then the head is recomputed from the partition.
+    """
+    from harvester.manifest.io import Manifest
+    from harvester.manifest.model import month_of
+    from harvester.storage import open_store
+
+    async def go() -> None:
+        store = open_store(out)
+        try:
+            manifest = Manifest(store)
+            epoch = int(start.timestamp())
+            month = month_of(epoch)
+            done = await manifest.update_partition(
+                feed, month, lambda p: p.with_changes(drop_windows=[epoch]), token=None
+            )
+            assert done.version is not None
+            version = done.version
+            await manifest.update_head(
+                lambda head: head.with_partition(done.part, version)  # type: ignore[union-attr]
+            )
+        finally:
+            await store.close()
+
+    asyncio.run(go())

@@ -224,21 +224,22 @@ def test_mistyped_null_and_unknown_values_survive_exactly(make_sim, tmp_path: Pa
     assert kept[0] > 0
 
 
-def test_small_windows_over_sparse_days_cost_a_query_per_day(
+def test_small_windows_over_sparse_days_cost_their_pages_and_one_file_a_day(
     sim: SimulatorThread, tmp_path: Path
 ) -> None:
-    """Quarter-hour windows are fetched a day at a time, and still land in their own files."""
+    """Quarter-hour windows of sparse days: one query for all, one file a day, one partition."""
     result = harvest(sim.url, str(tmp_path), feeds="registry_keys", window="15m")
     summary = result.feeds["registry_keys"]
     assert result.ok
     assert summary.done == 3 * 96
-    # the preflight, the pages, an empty page a day
-    assert summary.counters.requests <= 1 + summary.pages + 3
-    assert summary.counters.requests < 3 * 96 / 10
+    # the preflight, then one paged query over the three days: only its pages
+    assert summary.counters.requests <= 1 + summary.pages + 1
     assert_lake_exact(str(tmp_path), truth(sim, ["registry_keys"]))
-    names = {p.name for p in (tmp_path / "registry_keys").glob("dt=*/*.parquet")}
-    assert len(names) > 20  # one file per non-empty quarter hour
-    assert len(list((tmp_path / "_manifest" / "registry_keys").glob("*.json"))) == 3 * 96
+    files = sorted(p.relative_to(tmp_path) for p in (tmp_path / "registry_keys").rglob("*.parquet"))
+    assert [f.parent.name for f in files] == ["dt=2024-01-01", "dt=2024-01-02", "dt=2024-01-03"]
+    assert [p.name for p in (tmp_path / "_manifest" / "registry_keys").iterdir()] == [
+        "2024-01.json"
+    ]
 
 
 def test_force_reharvests_complete_windows_in_place(sim: SimulatorThread, tmp_path: Path) -> None:

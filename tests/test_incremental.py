@@ -11,7 +11,7 @@ import pytest
 from harvester.errors import ConfigError
 from harvester.sim.server import Faults, SimulatorThread
 
-from harvesting import harvest
+from harvesting import forget, harvest
 from lakecheck import assert_lake_exact
 
 
@@ -81,7 +81,7 @@ def test_nightly_runs_continue_and_a_repeat_does_nothing(
 def test_since_last_goes_back_for_a_missing_window(sim: SimulatorThread, tmp_path: Path) -> None:
     """A window missing from the manifest is a gap: --since-last starts there, not after it."""
     assert harvest(sim.url, str(tmp_path), feeds="domains").ok
-    (tmp_path / "_manifest" / "domains" / "20240102T000000Z_20240103T000000Z.json").unlink()
+    forget(str(tmp_path), "domains", at("2024-01-02T00:00:00"))
     resumed = harvest(
         sim.url,
         str(tmp_path),

@@ -1,4 +1,4 @@
-"""Paging inside a window, against a fake page source (no HTTP: pure logic)."""
+"""Paging one query, against a fake page source (no HTTP: pure logic)."""
 
 import asyncio
 import itertools
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harvester.client import Page
-from harvester.errors import PagingError
+from harvester.errors import PageTooLarge, PagingError, Shifted
 from harvester.paging import page_through
 
 
@@ -76,7 +76,8 @@ def test_density_estimate_stops_fetching_past_the_end() -> None:
     # Items are spread evenly over the range: after n items, n/total of it is covered.
     covered = lambda page: (page.items[-1]["n"] + 1) / total  # noqa: E731
     assert collect(fetch, limit=size, prefetch=4, covered=covered) == list(range(total))
-    assert sorted(calls) == list(range(0, 100, 10))  # 10 pages, the last one short
+    # pages overlap by one item: offsets 0, 9, 18 ... 90, the last one short
+    assert sorted(calls) == list(range(0, 91, 9))
     blind, blind_calls = source(total, size)
     assert collect(blind, limit=size, prefetch=4) == list(range(total))
     assert len(blind_calls) > len(calls)  # without the estimate it fetches ahead past the end
@@ -86,14 +87,60 @@ def test_clamped_limit_does_not_stop_early() -> None:
     """A server that applies 10 when asked for 1000 is paged to the end, not stopped."""
     fetch, calls = source(95, 10)
     assert collect(fetch, limit=1000, prefetch=1) == list(range(95))
-    assert calls == list(range(0, 100, 10))
+    assert calls == list(range(0, 91, 9))
 
 
-def test_exact_multiple_ends_on_empty_page() -> None:
-    """When the total is a multiple of the page size, an empty page ends paging."""
+def test_exact_multiple_ends_on_the_overlap_page() -> None:
+    """When the total is a multiple of the page size, the last page holds the overlap only."""
     fetch, calls = source(30, 10)
     assert collect(fetch, limit=10, prefetch=1) == list(range(30))
-    assert calls[-1] == 30
+    assert calls == [0, 9, 18, 27]
+
+
+def test_a_record_added_at_the_head_while_paging_is_caught() -> None:
+    """A record inserted at the head shifts every offset: Shifted, never a duplicate."""
+    items = [{"n": i} for i in range(50)]
+
+    async def fetch(offset: int, limit: int) -> Page:
+        if offset:  # after the first page, a new record arrives at the head
+            items.insert(0, {"n": -1}) if items[0]["n"] != -1 else None
+        page = items[offset : offset + limit]
+        return Page(index=offset, items_per_page=limit, items=page)
+
+    with pytest.raises(Shifted):
+        collect(fetch, limit=10, prefetch=1)
+
+
+def test_pages_of_one_item_need_no_overlap() -> None:
+    """A server that applies a limit of one still pages every item once."""
+    fetch, calls = source(5, 1)
+    assert collect(fetch, limit=10, prefetch=2) == list(range(5))
+    assert sorted(set(calls)) == list(range(6))
+
+
+def test_a_page_too_big_is_asked_for_again_with_half_the_limit() -> None:
+    """PageTooLarge halves the limit until a page fits; nothing is lost or repeated."""
+    limits: list[int] = []
+
+    async def fetch(offset: int, limit: int) -> Page:
+        limits.append(limit)
+        if limit > 12:
+            raise PageTooLarge("body over the cap")
+        items = [{"n": i} for i in range(offset, min(offset + limit, 40))]
+        return Page(index=offset, items_per_page=limit, items=items)
+
+    assert collect(fetch, limit=100, prefetch=2) == list(range(40))
+    assert limits[:4] == [100, 50, 25, 12]
+
+
+def test_a_single_item_too_big_for_the_cap_fails_naming_the_flag() -> None:
+    """Even a page of one item over the cap: a PagingError that names --max-page-bytes."""
+
+    async def fetch(offset: int, limit: int) -> Page:
+        raise PageTooLarge("body over the cap")
+
+    with pytest.raises(PagingError, match="--max-page-bytes"):
+        collect(fetch, limit=8, prefetch=1)
 
 
 @given(st.lists(st.integers(3, 12), min_size=1, max_size=30), st.integers(1, 5))
@@ -110,7 +157,7 @@ def test_repeated_page_fails_instead_of_looping() -> None:
     async def fetch(offset: int, limit: int) -> Page:
         return Page(index=offset, items_per_page=10, items=[{"n": i} for i in range(10)])
 
-    with pytest.raises(PagingError, match="same page at offsets 0 and 10"):
+    with pytest.raises(PagingError, match="same page at offsets 0 and 9"):
         collect(fetch, limit=10, prefetch=3)
 
 
@@ -120,7 +167,7 @@ def test_wrong_index_fails() -> None:
     async def fetch(offset: int, limit: int) -> Page:
         return Page(index=0, items_per_page=10, items=[{"n": offset + i} for i in range(10)])
 
-    with pytest.raises(PagingError, match="asked for offset 10"):
+    with pytest.raises(PagingError, match="asked for offset 9"):
         collect(fetch, limit=10, prefetch=2)
 
 
@@ -131,7 +178,7 @@ def test_failure_cancels_pages_in_flight() -> None:
 
     async def fetch(offset: int, limit: int) -> Page:
         started.append(offset)
-        if offset == 20:
+        if offset == 18:
             raise RuntimeError("boom")
         await asyncio.sleep(0.05)
         finished.append(offset)
@@ -147,9 +194,10 @@ def test_covered_share_reads_newest_first_pages_only() -> None:
     from datetime import UTC, datetime
 
     from harvester.orchestrator import covered_share
-    from harvester.windows import Window
+    from harvester.spans import Span
 
-    span = Window(start=datetime(2024, 1, 1, tzinfo=UTC), end=datetime(2024, 1, 2, tzinfo=UTC))
+    start = int(datetime(2024, 1, 1, tzinfo=UTC).timestamp())
+    span = Span(feed="ips", start=start, end=start + 86_400)
 
     def page(*stamps: object) -> Page:
         return Page(index=0, items_per_page=10, items=[{"timestamp": s} for s in stamps])

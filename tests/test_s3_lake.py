@@ -64,7 +64,7 @@ def test_s3_rerun_skips_and_changes_no_object(
 def test_s3_manifest_records_sizes_and_etags(
     sim: SimulatorThread, s3_bucket: tuple[str, str]
 ) -> None:
-    """Each manifest entry lists its objects with the size and ETag S3 reports."""
+    """The month's manifest partition lists every object with the size and ETag S3 reports."""
     import json
 
     endpoint, bucket = s3_bucket
@@ -72,14 +72,17 @@ def test_s3_manifest_records_sizes_and_etags(
     client = boto3.client("s3", endpoint_url=endpoint)
     try:
         listed = keys(endpoint, bucket)
-        entries = [k for k in listed if k.startswith("m/_manifest/urls/")]
-        assert len(entries) == 3
-        for key in entries:
-            entry = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
-            for f in entry["files"]:
-                head = client.head_object(Bucket=bucket, Key="m/" + f["key"])
-                assert head["ContentLength"] == f["size"]
-                assert head["ETag"].strip('"') == f["etag"]
+        assert [k for k in listed if k.startswith("m/_manifest/urls/")] == [
+            "m/_manifest/urls/2024-01.json"
+        ]
+        body = client.get_object(Bucket=bucket, Key="m/_manifest/urls/2024-01.json")["Body"]
+        partition = json.loads(body.read())
+        data = sorted(k for k in listed if k.startswith("m/urls/"))
+        assert sorted("m/" + f["key"] for f in partition["files"]) == data
+        for f in partition["files"]:
+            head = client.head_object(Bucket=bucket, Key="m/" + f["key"])
+            assert head["ContentLength"] == f["size"]
+            assert head["ETag"].strip('"') == f["version"]
     finally:
         client.close()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -22,12 +21,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harvester.config import Shard
-from harvester.lake import data_key
-from harvester.manifest import entry_key
-from harvester.planner import Unit, assign_shard, span_index
+from harvester.intervals import Spans
+from harvester.manifest.model import month_domain, months_between
+from harvester.planner import shard_of, shard_share
 from harvester.schemas import FEEDS
 from harvester.sim.data import DatasetSpec
-from harvester.windows import Window, plan_windows
 
 from cli import SIM_KEY
 from harvesting import harvest
@@ -35,28 +33,28 @@ from lakecheck import assert_lake_exact, duckdb_for_s3
 from s3_server import admin_client
 
 DAY = timedelta(days=1)
-START = datetime(2024, 1, 1, tzinfo=UTC)
+START = datetime(2024, 1, 30, tzinfo=UTC)  # jobs straddle a month boundary: several blocks
 SHARD_VARS = ("JOB_COMPLETION_INDEX", "AWS_BATCH_JOB_ARRAY_INDEX")
 
 
 # --- helpers -------------------------------------------------------------------------
 
 
-def job_units(feeds: list[str], days: int) -> list[Unit]:
-    """Every (feed, 1d window) of ``days`` days from START: the whole job."""
-    windows = plan_windows(START, START + days * DAY, DAY)
-    return [Unit(window=w, feed=f) for f in feeds for w in windows]
+def epoch(moment: datetime) -> int:
+    return int(moment.timestamp())
 
 
-def owner(units: list[Unit], count: int) -> dict[Unit, str]:
-    """Which shard ("I/N") each unit belongs to, per :func:`assign_shard`."""
-    return {
-        u: f"{i}/{count}"
-        for i in range(count)
-        for u in assign_shard(
-            units, Shard(index=i, count=count), feeds=sorted({u.feed for u in units})
-        )
-    }
+def job_blocks(feeds: list[str], days: int) -> list[tuple[str, str]]:
+    """Every (feed, month) block of ``days`` days from START: the job's units of sharding."""
+    months = months_between(epoch(START), epoch(START + days * DAY))
+    return [(f, m) for f in feeds for m in months]
+
+
+def owner(
+    blocks: list[tuple[str, str]], count: int, feeds: list[str]
+) -> dict[tuple[str, str], str]:
+    """Which shard ("I/N") owns each block."""
+    return {b: f"{shard_of(b[0], b[1], feeds=feeds, count=count)}/{count}" for b in blocks}
 
 
 def run_args(url: str, out: str, feeds: list[str], days: int, *extra: str) -> list[str]:
@@ -210,28 +208,10 @@ def split_keys(written: Counter[str], prefix: str) -> tuple[Counter[str], Counte
     return data, entries
 
 
-def unit_of_key(units: list[Unit]) -> dict[str, Unit]:
-    """Map each possible data object key and manifest key back to its unit (1d windows)."""
-    keys = {}
-    for unit in units:
-        keys[entry_key(unit.feed, unit.window)] = unit
-        for day in unit.window.days():
-            keys[data_key(unit.feed, day, unit.window)] = unit
-    return keys
-
-
 def truth(server: Any, feeds: list[str], days: int) -> dict[str, list[dict[str, Any]]]:
     """What the simulator holds for the job, every score."""
     end = START + days * DAY
     return {f: server.dataset.truth(f, START, end, confidence=0, severity=0) for f in feeds}
-
-
-def local_entries(out: Path) -> dict[str, dict[str, Any]]:
-    """Manifest entries of a local lake, by key relative to the lake."""
-    return {
-        p.relative_to(out).as_posix(): json.loads(p.read_text())
-        for p in (out / "_manifest").rglob("*.json")
-    }
 
 
 def local_reports(out: Path) -> dict[str, dict[str, Any]]:
@@ -244,19 +224,87 @@ def local_reports(out: Path) -> dict[str, dict[str, Any]]:
     )
 
 
+def partitions(out: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """The manifest partitions of a local lake, by (feed, month)."""
+    return {
+        (p.parent.name, p.stem): json.loads(p.read_text())
+        for p in (out / "_manifest").glob("*/*.json")
+    }
+
+
+def shard_of_run(reports: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Run id -> the shard it ran as, from the run reports."""
+    return {r["run_id"]: r["parameters"]["shard"] for r in reports.values()}
+
+
+# --- the rule ------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    feeds=st.lists(st.sampled_from(sorted(FEEDS)), min_size=1, max_size=7, unique=True),
+    hours=st.sampled_from([1, 6, 24]),
+    first_month=st.integers(0, 400),
+    months=st.integers(1, 30),
+    skip_days=st.integers(0, 200),
+    count=st.integers(1, 12),
+)
+def test_shares_are_whole_blocks_disjoint_complete_balanced_and_stable(
+    feeds: list[str], hours: int, first_month: int, months: int, skip_days: int, count: int
+) -> None:
+    """(feed, month) blocks are dealt whole and evenly; a later start keeps the same owners."""
+    step = hours * 3600
+    start = epoch(datetime(1990 + first_month // 12, first_month % 12 + 1, 1, tzinfo=UTC))
+    end = epoch(
+        datetime(
+            1990 + (first_month + months) // 12, (first_month + months) % 12 + 1, 1, tzinfo=UTC
+        )
+    )
+    job = Spans.one(start, end)
+    for feed in feeds:
+        shares = [
+            shard_share(job, feed=feed, shard=Shard(index=i, count=count), feeds=feeds, step=step)
+            for i in range(count)
+        ]
+        union = Spans()
+        for i, share in enumerate(shares):
+            assert not (share & union), "two shards own the same time"
+            union = union | share
+            for low, high in share:  # whole months only
+                assert months_between(low, high)[0] == datetime.fromtimestamp(low, UTC).strftime(
+                    "%Y-%m"
+                )
+                assert (low, high) == (
+                    month_domain(months_between(low, high)[0], step)[0],
+                    high,
+                )
+            later = Spans.one(start + skip_days * 86_400, end)
+            again = shard_share(
+                later, feed=feed, shard=Shard(index=i, count=count), feeds=feeds, step=step
+            )
+            assert again == share & later  # --since-last: planning later keeps the owners
+        assert union == job
+    blocks = [(f, m) for f in feeds for m in months_between(start, end)]
+    counts = Counter(shard_of(f, m, feeds=feeds, count=count) for f, m in blocks)
+    sizes = [counts.get(i, 0) for i in range(count)]
+    assert max(sizes) - min(sizes) <= 1
+
+
 # --- N shards at once on S3 ----------------------------------------------------------
 
 
 @pytest.mark.slow
-def test_shards_at_once_make_an_exact_lake_and_write_each_object_once(
+def test_shards_at_once_make_an_exact_lake_and_write_each_data_object_once(
     sim: Any, s3_bucket: tuple[str, str], fault_proxy: Any, tmp_path: Path
 ) -> None:
-    """Three shards started together: exact union on S3, every data/manifest object PUT once."""
+    """Three shards started together: exact on S3; each day file PUT once, by its owner."""
     endpoint, bucket = s3_bucket
     writes = Writes()
     proxy = fault_proxy(rate=0, match=writes)
     feeds, days = ["ips", "domains", "urls"], 4
-    units = job_units(feeds, days)
+    blocks = job_blocks(feeds, days)
+    owners = owner(blocks, 3, feeds)
+    assert len(set(owners.values())) == 3  # every shard has work
     out = f"s3://{bucket}/lake"
     procs = [
         start(
@@ -270,18 +318,21 @@ def test_shards_at_once_make_an_exact_lake_and_write_each_object_once(
     run_all(procs)
 
     assert_lake_exact(out, truth(sim, feeds, days), con=duckdb_for_s3(endpoint))
-    data, entries = split_keys(writes.objects(bucket), "lake")
+    data, _ = split_keys(writes.objects(bucket), "lake")
     stored = lake_keys(endpoint, bucket, "lake")
     assert set(data) == {k for k in stored if not k.startswith("_")}
     assert {k: n for k, n in data.items() if n != 1} == {}, "a data object was written twice"
-    assert entries == Counter({entry_key(u.feed, u.window): 1 for u in units})
-    # each unit was written by the shard it belongs to, and every shard took part
-    owners = owner(units, 3)
     with admin_client(endpoint) as client:
-        for unit in units:
-            body = client.get_object(Bucket=bucket, Key=f"lake/{entry_key(unit.feed, unit.window)}")
-            assert json.loads(body["Body"].read())["shard"] == owners[unit], unit
-    reports = sorted(k for k in stored if k.startswith("_runs/"))
+
+        def load(key: str) -> dict[str, Any]:
+            return json.loads(client.get_object(Bucket=bucket, Key=f"lake/{key}")["Body"].read())
+
+        reports = {k: load(k) for k in stored if k.startswith("_runs/")}
+        shards = shard_of_run(reports)
+        for feed, month in blocks:
+            part = load(f"_manifest/{feed}/{month}.json")
+            # the block's windows were harvested by the shard that owns the block
+            assert {shards[r] for r in part["runs"]} == {owners[(feed, month)]}
     assert sorted(k.rsplit("-shard-", 1)[1] for k in reports) == [
         f"{i}-of-3.json" for i in range(3)
     ]
@@ -296,75 +347,61 @@ def test_killed_shard_rerun_alone_completes_the_lake(
     endpoint, bucket = s3_bucket
     writes = Writes()
     proxy = fault_proxy(rate=0, match=writes)
-    feeds, days, victim = ["ips", "domains", "urls"], 3, 1
-    units = job_units(feeds, days)
-    owners = owner(units, 3)
-    mine = {u for u in units if owners[u] == f"{victim}/3"}
-    by_key = unit_of_key(units)
+    feeds, days, victim = ["ips", "domains", "urls"], 6, 1
+    blocks = job_blocks(feeds, days)
+    owners = owner(blocks, 3, feeds)
+    mine = {b for b in blocks if owners[b] == f"{victim}/3"}
     out = f"s3://{bucket}/lake"
 
     def args(i: int) -> list[str]:
-        # one unit at a time: the shard takes a few seconds, so the kill lands mid-run
+        # one span at a time, committing often: the kill lands between commits
         extra = ("--shard", f"{i}/3", "--s3-endpoint-url", proxy.url, "--concurrency", "1")
-        return run_args(server.url, out, feeds, days, *extra)
+        more = ("--max-span", "1d", "--commit-every", "0.2")
+        return run_args(server.url, out, feeds, days, *extra, *more)
+
+    def day_files_of(keys: Any) -> set[str]:
+        return {k for k in keys if k.endswith(".parquet")}
+
+    def victims(keys: Any) -> set[str]:
+        return {k for k in day_files_of(keys) if any(k.startswith(f"lake/{f}/") for f, _ in mine)}
 
     procs = [start(args(i), tmp_path / f"shard-{i}.log") for i in range(3)]
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        _, entries = split_keys(writes.objects(bucket), "lake")
-        if any(by_key[k] in mine for k in entries):
-            break
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not victims(writes.objects(bucket)):
         time.sleep(0.02)
-    else:
-        pytest.fail("the victim shard never recorded a unit")
+    assert victims(writes.objects(bucket)), "the victim shard never wrote a day"
     assert procs[victim].popen.poll() is None, "the victim finished before it could be killed"
     procs[victim].popen.send_signal(signal.SIGKILL)
     assert procs[victim].wait() == -signal.SIGKILL
     run_all([p for i, p in enumerate(procs) if i != victim])
 
-    stored = lake_keys(endpoint, bucket, "lake")
-    recorded = {by_key[k] for k in stored if k.startswith("_manifest/") and "/." not in k}
-    assert recorded >= set(units) - mine, "a shard that was not killed left a unit undone"
-    left = mine - recorded
-    assert left and left != mine, "the kill did not land mid-run"
-
+    others_before = {
+        k: n
+        for k, n in writes.objects(bucket).items()
+        if k.endswith(".parquet") and k not in victims([k])
+    }
     mark = writes.mark()
     rerun = start(args(victim), tmp_path / "rerun.log")
     run_all([rerun])
     assert_lake_exact(out, truth(server, feeds, days), con=duckdb_for_s3(endpoint))
-    data, entries = split_keys(writes.objects(bucket, since=mark), "lake")
-    # the re-run recorded exactly the units the killed shard had left, and touched no other
-    assert {by_key[k] for k in entries} == left
-    assert all(n == 1 for n in entries.values())
-    assert {by_key[k] for k in data} <= left
-    # over the whole test, every unit of the other shards was written once
-    all_data, all_entries = split_keys(writes.objects(bucket), "lake")
-    for key, count in (all_data + all_entries).items():
-        if by_key[key] not in mine:
-            assert count == 1, key
-    reports = sorted(k for k in lake_keys(endpoint, bucket, "lake") if k.startswith("_runs/"))
-    suffixes = Counter(k.rsplit("-shard-", 1)[1] for k in reports)
-    assert suffixes == Counter({"0-of-3.json": 1, "1-of-3.json": 1, "2-of-3.json": 1})
+    again = writes.objects(bucket, since=mark)
+    # the re-run wrote only the victim's day files, and every other day file was written once
+    assert day_files_of(again) <= victims(again)
+    assert all(n == 1 for n in others_before.values())
 
 
 # --- uneven splits -------------------------------------------------------------------
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("shards", "feeds", "days"),
-    [
-        pytest.param(5, ["ips"], 2, id="5-shards-2-units"),
-        pytest.param(4, ["ips", "domains", "urls"], 3, id="4-shards-9-units"),
-    ],
-)
-def test_uneven_shards_are_disjoint_and_cover_the_job(
-    sim: Any, tmp_path: Path, shards: int, feeds: list[str], days: int
+def test_more_shards_than_blocks_leaves_some_idle_and_the_union_exact(
+    sim: Any, tmp_path: Path
 ) -> None:
-    """More shards than units, or N not dividing them: idle shards exit 0, union exact."""
+    """Five shards, two blocks: idle shards exit 0, the lake is exact, no block done twice."""
     out = tmp_path / "lake"
-    units = job_units(feeds, days)
-    owners = owner(units, shards)
+    feeds, days, shards = ["ips"], 4, 5
+    blocks = job_blocks(feeds, days)
+    owners = owner(blocks, shards, feeds)
     procs = [
         start(
             run_args(sim.url, str(out), feeds, days, "--shard", f"{i}/{shards}"),
@@ -373,57 +410,11 @@ def test_uneven_shards_are_disjoint_and_cover_the_job(
         for i in range(shards)
     ]
     run_all(procs)
-
     assert_lake_exact(str(out), truth(sim, feeds, days))
-    entries = local_entries(out)
-    assert set(entries) == {entry_key(u.feed, u.window) for u in units}
-    by_key = unit_of_key(units)
-    for key, entry in entries.items():
-        assert entry["shard"] == owners[by_key[key]], key
-    # no unit was harvested by two shards: the shards' done counts sum to the job
-    done: Counter[str] = Counter()
-    for report in local_reports(out).values():
-        done[report["parameters"]["shard"]] += sum(f["done"] for f in report["feeds"].values())
-    assert sum(done.values()) == len(units)
-    assert done == Counter(owners.values())
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    feeds=st.lists(st.sampled_from(sorted(FEEDS)), min_size=1, max_size=7, unique=True),
-    hours=st.sampled_from([1, 6, 24]),
-    first=st.integers(-1000, 1000),
-    windows=st.integers(0, 40),
-    skip=st.integers(0, 40),
-    count=st.integers(1, 12),
-    seed=st.integers(0, 2**32),
-)
-def test_assign_shard_is_disjoint_complete_balanced_and_stable(
-    feeds: list[str], hours: int, first: int, windows: int, skip: int, count: int, seed: int
-) -> None:
-    """Shares partition a plan, are balanced, ignore order, and survive a later start."""
-    step = timedelta(hours=hours)
-    units = [
-        Unit(window=Window(start=START + n * step, end=START + (n + 1) * step), feed=f)
-        for n in range(first, first + windows)
-        for f in feeds
-    ]
-    shares = [assign_shard(units, Shard(index=i, count=count), feeds=feeds) for i in range(count)]
-    flat = [u for share in shares for u in share]
-    assert len(flat) == len(set(flat)) == len(units)
-    # shards are dealt whole spans (a day of sub-day windows, for one feed): as even as can be
-    spans = [{(u.feed, span_index(u.window)) for u in share} for share in shares]
-    assert all(not a & b for i, a in enumerate(spans) for b in spans[i + 1 :])
-    sizes = [len(s) for s in spans]
-    assert max(sizes) - min(sizes) <= 1
-    shuffled = list(units)
-    random.Random(seed).shuffle(shuffled)
-    reordered = list(reversed(feeds))
-    later = [u for u in shuffled if u.window.start >= START + (first + skip) * step]
-    for i, share in enumerate(shares):
-        # a shard that plans from a later start (--since-last) keeps the same units
-        mine = assign_shard(later, Shard(index=i, count=count), feeds=reordered)
-        assert mine == [u for u in share if u in set(later)]
+    shards_of = shard_of_run(local_reports(out))
+    for block, part in partitions(out).items():
+        assert {shards_of[r] for r in part["runs"]} == {owners[block]}
+    assert set(partitions(out)) == set(blocks)
 
 
 def test_since_last_shard_that_starts_later_still_does_its_share(sim: Any, tmp_path: Path) -> None:
@@ -434,13 +425,15 @@ def test_since_last_shard_that_starts_later_still_does_its_share(sim: Any, tmp_p
             sim.url,
             out,
             feeds="ips",
-            before="2024-01-05",
+            after=START.date().isoformat(),
+            before=(START + 4 * DAY).date().isoformat(),
             since_last=True,
             shard=f"{i}/2",
             confidence=0,
             severity=0,
         )
         assert result.ok
+        assert result.feeds["ips"].done == 2  # January's two days, then February's two
     assert_lake_exact(out, truth(sim, ["ips"], 4))
 
 
@@ -451,19 +444,14 @@ def test_since_last_shard_that_starts_later_still_does_its_share(sim: Any, tmp_p
 def test_shards_flag_takes_the_index_from_the_scheduler(sim: Any, tmp_path: Path, var: str) -> None:
     """--shards 3 with JOB_COMPLETION_INDEX / AWS_BATCH_JOB_ARRAY_INDEX=2 runs shard 2/3."""
     out = tmp_path / "lake"
-    feeds, days = ["ips", "domains"], 3
-    units = job_units(feeds, days)
+    feeds, days = ["ips", "domains"], 4
+    blocks = job_blocks(feeds, days)
     args = run_args(sim.url, str(out), feeds, days, "--shards", "3", "--rate", "300")
     proc = start(args, tmp_path / "run.log", env={var: "2"})
     run_all([proc])
 
-    expected = {
-        entry_key(u.feed, u.window)
-        for u in assign_shard(units, Shard(index=2, count=3), feeds=feeds)
-    }
-    entries = local_entries(out)
-    assert set(entries) == expected
-    assert {e["shard"] for e in entries.values()} == {"2/3"}
+    mine = {b for b, o in owner(blocks, 3, feeds).items() if o == "2/3"}
+    assert mine and set(partitions(out)) == mine
     (name, report), *others = local_reports(out).items()
     assert not others
     assert name.endswith("-shard-2-of-3.json")
@@ -511,12 +499,17 @@ def test_plan_json_shows_each_shards_share_summing_to_the_job(sim: Any, tmp_path
     """`plan --shards 3 --shard i/3 --json`: one job view for every i; shares sum to it."""
     out = tmp_path / "lake"
     feeds, days = ["ips", "domains"], 5
-    units = job_units(feeds, days)
     first = harvest(
-        sim.url, str(out), feeds=",".join(feeds), before="2024-01-06", shard="0/3"
+        sim.url,
+        str(out),
+        feeds=",".join(feeds),
+        after=START.date().isoformat(),
+        before=(START + days * DAY).date().isoformat(),
+        shard="0/3",
     )  # shard 0 is done; 1 and 2 are not
     assert first.ok
-    base = ["plan", "--after", "2024-01-01", "--before", "2024-01-06", "--out", str(out)]
+    base = ["plan", "--after", START.date().isoformat()]
+    base += ["--before", (START + days * DAY).date().isoformat(), "--out", str(out)]
     base += ["--base-url", sim.url, "--feeds", ",".join(feeds), "--shards", "3", "--json"]
     procs = [start([*base, "--shard", f"{i}/3"], tmp_path / f"plan-{i}.log") for i in range(3)]
     run_all(procs)
@@ -524,12 +517,20 @@ def test_plan_json_shows_each_shards_share_summing_to_the_job(sim: Any, tmp_path
     assert views[0] == views[1] == views[2]
     view = views[0]
 
-    shares = [assign_shard(units, Shard(index=i, count=3), feeds=feeds) for i in range(3)]
-    assert sorted(len(s) for s in shares) == [3, 3, 4]
+    step = 86_400
+    job = Spans.one(epoch(START), epoch(START + days * DAY))
+    shares = [
+        sum(
+            shard_share(job, feed=f, shard=Shard(index=i, count=3), feeds=feeds, step=step).total
+            // step
+            for f in feeds
+        )
+        for i in range(3)
+    ]
+    assert sum(shares) == len(feeds) * days
     assert view["shards"] == [
-        {"shard": f"{i}/3", "units": len(share), "todo": 0 if i == 0 else len(share)}
+        {"shard": f"{i}/3", "units": share, "todo": 0 if i == 0 else share}
         for i, share in enumerate(shares)
     ]
-    assert view["units"] == sum(s["units"] for s in view["shards"]) == len(units)
-    assert view["todo"] == sum(s["todo"] for s in view["shards"]) == len(units) - len(shares[0])
-    assert view["done"] == len(shares[0])
+    assert view["units"] == sum(s["units"] for s in view["shards"]) == len(feeds) * days
+    assert view["done"] == shares[0]

@@ -4,71 +4,79 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from harvester.manifest import Entry
+from harvester.intervals import Spans
+from harvester.manifest.model import FailedSpan, Head, Partition, WindowRecord, month_of
 from harvester.sim.server import Faults, SimulatorThread
-from harvester.status import (
-    build_status,
-    collect_status,
-    complete_days,
-    date_ranges,
-    merge_windows,
-    parse_window,
-    render_status,
-)
+from harvester.status import build_status, collect_status, complete_days, date_ranges, render_status
 from harvester.storage import LocalStore
-from harvester.windows import Window
 
 from cli import cli
 from harvesting import harvest
 
 
-def at(text: str) -> datetime:
-    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+def at(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp())
 
 
-def windows(start: str, end: str, step: timedelta) -> list[Window]:
-    first, last = at(start), at(end)
-    count = (last - first) // step
-    return [Window(start=first + i * step, end=first + (i + 1) * step) for i in range(count)]
+def windows(start: str, end: str, step: timedelta) -> list[tuple[int, int]]:
+    first, last, size = at(start), at(end), int(step.total_seconds())
+    return [(s, s + size) for s in range(first, last, size)]
 
 
-def entry(window: Window, *, feed: str = "ips", rows: int = 10, completed_at: str = "") -> Entry:
-    return Entry(
-        feed=feed,
-        window=window,
-        fingerprint="f",
-        query={},
-        rows=rows,
-        pages=1,
-        completed_at=completed_at or "2024-02-01T00:00:00Z",
-        run_id="run-a",
-    )
+def head_of(
+    feeds: dict[str, Iterable[tuple[int, int]]],
+    *,
+    step: int = 86_400,
+    rows: int = 10,
+    done_at: str = "2024-02-01",
+    failures: Iterable[tuple[str, tuple[int, int], str, str]] = (),
+    runs: Iterable[dict[str, Any]] = (),
+) -> Head:
+    """A head as the manifest would hold it after these windows, failures and runs."""
+    head = Head(table_format="hive", window=step)
+    for feed, spans in feeds.items():
+        by_month: dict[str, list[WindowRecord]] = {}
+        for start, end in spans:
+            record = WindowRecord(
+                start=start,
+                end=end,
+                fingerprint="f",
+                rows=rows,
+                run_id="run-a",
+                completed_at=at(done_at),
+            )
+            by_month.setdefault(month_of(start), []).append(record)
+        for month, records in by_month.items():
+            part = Partition(feed=feed, month=month).with_changes(windows=records)
+            head = head.with_partition(part, f"v-{month}")
+    for feed, (start, end), run_id, reason in failures:
+        failed = FailedSpan(start=start, end=end, error="ServerError", reason=reason, run_id=run_id)
+        head = head.with_failures(feed, [failed])
+    for run in runs:
+        head = head.with_run(run, feeds=run.get("feeds", ["ips"]))
+    return head
 
 
-def report(
-    run_id: str, ended_at: str, failures: list[dict[str, str]], **extra: Any
+def run(
+    run_id: str, ended_at: str, *, ok: bool = True, feeds: list[str] | None = None
 ) -> dict[str, Any]:
-    feeds = {f: {} for f in ("ips", *(x["feed"] for x in failures))}
     return {
         "run_id": run_id,
+        "shard": "0/1",
         "started_at": ended_at,
         "ended_at": ended_at,
-        "ok": not failures,
+        "ok": ok,
         "interrupted": False,
-        "feeds": feeds,
-        "failures": failures,
-        **extra,
+        "failures": 0 if ok else 1,
+        "feeds": feeds or ["ips"],
     }
-
-
-def failure(feed: str, window: Window, reason: str = "503 from server") -> dict[str, str]:
-    return {"feed": feed, "window": str(window), "error": "ServerError", "reason": reason}
 
 
 def d(text: str) -> date:
@@ -85,7 +93,7 @@ def test_date_ranges_are_compact_sorted_and_deduplicated() -> None:
 
 def test_a_day_is_complete_when_the_union_of_windows_covers_it() -> None:
     """15m, 6h, 1d and 2d windows all count; a day three quarters covered is not complete."""
-    spans = merge_windows(
+    spans = Spans.of(
         [
             *windows("2024-01-01", "2024-01-02", timedelta(minutes=15)),
             *windows("2024-01-02", "2024-01-02T18:00:00", timedelta(hours=6)),
@@ -93,57 +101,44 @@ def test_a_day_is_complete_when_the_union_of_windows_covers_it() -> None:
             *windows("2024-01-06", "2024-01-07", timedelta(days=1)),
         ]
     )
-    assert spans == [
+    assert spans.pairs == (
         (at("2024-01-01"), at("2024-01-02T18:00:00")),
         (at("2024-01-04"), at("2024-01-07")),
-    ]
+    )
     assert date_ranges(complete_days(spans)) == ["2024-01-01", "2024-01-04..2024-01-06"]
 
 
 def test_windows_across_midnight_complete_only_whole_days() -> None:
     """Two 12h windows offset by 6h cover 2024-01-02 whole but neither neighbour day."""
-    spans = merge_windows(
-        [
-            Window(start=at("2024-01-01T18:00:00"), end=at("2024-01-02T06:00:00")),
-            Window(start=at("2024-01-02T06:00:00"), end=at("2024-01-03T06:00:00")),
-        ]
-    )
+    spans = Spans.of([(at("2024-01-01T18:00:00"), at("2024-01-03T06:00:00"))])
     assert complete_days(spans) == {d("2024-01-02")}
 
 
-def test_parse_window_reads_what_reports_write() -> None:
-    """A report's window text parses back to the same Window; junk gives None."""
-    window = Window(start=at("2024-01-01T06:00:00"), end=at("2024-01-01T12:00:00"))
-    assert parse_window(str(window)) == window
-    assert parse_window("not a window") is None
-    assert parse_window("[2024-01-02T00:00:00Z, 2024-01-01T00:00:00Z)") is None
-
-
 def test_status_sorts_days_into_complete_failed_partial_and_missing() -> None:
-    """Failed = reported and still not covered; partial = some coverage; missing = gaps between."""
-    day = timedelta(days=1)
+    """Failed = failed and still not covered; partial = some coverage; missing = gaps between."""
+    six = timedelta(hours=6)
     done = [
-        *windows("2024-01-01", "2024-01-03", day),
-        *windows("2024-01-06", "2024-01-08", day),
-        *windows("2024-01-10", "2024-01-11", day),
-        *windows("2024-01-11", "2024-01-11T12:00:00", timedelta(hours=6)),
+        *windows("2024-01-01", "2024-01-03", six),
+        *windows("2024-01-06", "2024-01-08", six),
+        *windows("2024-01-10", "2024-01-11T12:00:00", six),
     ]
-    fixed_later = Window(start=at("2024-01-02"), end=at("2024-01-03"))
-    still_broken = Window(start=at("2024-01-04"), end=at("2024-01-05"))
-    entries = {
-        "ips": [
-            entry(w, completed_at=f"2024-02-0{i % 9 + 1}T00:00:00Z") for i, w in enumerate(done)
-        ]
-    }
-    reports = [
-        report(
-            "run-1",
-            "2024-02-01T00:00:00Z",
-            [failure("ips", fixed_later), failure("ips", still_broken)],
-        ),
-        report("run-2", "2024-02-03T00:00:00Z", [failure("ips", still_broken, "reset by peer")]),
-    ]
-    status = build_status(entries, reports, lake="/lake")
+    fixed_later = (at("2024-01-02"), at("2024-01-03"))
+    still_broken = (at("2024-01-04"), at("2024-01-05"))
+    head = head_of(
+        {"ips": done},
+        step=6 * 3600,
+        done_at="2024-02-07",
+        failures=[
+            ("ips", fixed_later, "run-1", "503 from server"),
+            ("ips", still_broken, "run-1", "503 from server"),
+            ("ips", still_broken, "run-2", "reset by peer"),
+        ],
+        runs=[
+            run("run-1", "2024-02-01T00:00:00Z", ok=False),
+            run("run-2", "2024-02-03T00:00:00Z", ok=False),
+        ],
+    )
+    status = build_status(head, lake="/lake")
     ips = status["feeds"]["ips"]
     assert ips["complete"] == ["2024-01-01..2024-01-02", "2024-01-06..2024-01-07", "2024-01-10"]
     assert ips["failed"] == ["2024-01-04"]
@@ -156,74 +151,65 @@ def test_status_sorts_days_into_complete_failed_partial_and_missing() -> None:
     )
     assert ips["windows"] == len(done) and ips["rows"] == 10 * len(done)
     assert ips["complete_days"] == 5 and ips["failed_days"] == 1 and ips["missing_days"] == 4
-    assert ips["failures"] == [
-        {
-            "window": str(still_broken),
-            "error": "ServerError",
-            "reason": "reset by peer",
-            "run_id": "run-2",
-        }
+    assert [(f["window"], f["reason"], f["run_id"]) for f in ips["failures"]] == [
+        ("[2024-01-04T00:00:00Z, 2024-01-05T00:00:00Z)", "reset by peer", "run-2")
     ]
     assert ips["last_completed_at"] == "2024-02-07T00:00:00Z"
-    assert (
-        ips["last_run"]["run_id"] == "run-2"
-        and ips["last_run"]["ended_at"] == "2024-02-03T00:00:00Z"
-    )
+    assert ips["last_run"]["run_id"] == "run-2"
     assert status["runs"] == 2 and status["last_run"]["run_id"] == "run-2"
     assert orjson.loads(orjson.dumps(status)) == status
 
 
 def test_a_failure_covered_later_by_smaller_windows_is_not_failed() -> None:
-    """A failed 1d window re-harvested as four 6h windows is complete, not failed."""
-    failed_day = Window(start=at("2024-01-01"), end=at("2024-01-02"))
-    entries = {
-        "urls": [
-            entry(w, feed="urls") for w in windows("2024-01-01", "2024-01-02", timedelta(hours=6))
+    """A failed day later covered (here by four 6h windows) is complete, not failed."""
+    day = (at("2024-01-01"), at("2024-01-02"))
+    head = head_of({}, step=6 * 3600, failures=[("urls", day, "r", "503")])
+    part = Partition(feed="urls", month="2024-01").with_changes(
+        windows=[
+            WindowRecord(start=s, end=e, fingerprint="f", rows=1, run_id="r2", completed_at=0)
+            for s, e in windows("2024-01-01", "2024-01-02", timedelta(hours=6))
         ]
-    }
-    status = build_status(
-        entries, [report("r", "2024-01-03T00:00:00Z", [failure("urls", failed_day)])]
     )
-    urls = status["feeds"]["urls"]
+    urls = build_status(head.with_partition(part, "v"))["feeds"]["urls"]
     assert urls["complete"] == ["2024-01-01"] and urls["failed"] == [] and urls["failures"] == []
 
 
 def test_a_feed_known_only_from_failures_is_listed() -> None:
     """A feed with no complete window but failed windows shows its failed days and no rows."""
-    broken = windows("2024-01-01", "2024-01-03", timedelta(days=1))
-    status = build_status(
-        {}, [report("r", "2024-01-05T00:00:00Z", [failure("urls", w) for w in broken])]
+    head = head_of(
+        {"ips": windows("2024-01-01", "2024-01-02", timedelta(days=1))},
+        failures=[("urls", (at("2024-01-01"), at("2024-01-03")), "r", "503")],
     )
-    urls = status["feeds"]["urls"]
+    urls = build_status(head)["feeds"]["urls"]
     assert urls["failed"] == ["2024-01-01..2024-01-02"] and urls["complete"] == []
     assert urls["rows"] == 0 and urls["first"] is None and urls["missing"] == []
-    assert list(status["feeds"]) == ["ips", "urls"]  # FEEDS order; ips is in the report
+    assert list(build_status(head)["feeds"]) == ["ips", "urls"]  # FEEDS order
 
 
 def test_render_status_shows_feeds_gaps_and_failures() -> None:
     """The text view has a row per feed, the not-complete days as ranges and the failure reasons."""
     day = timedelta(days=1)
-    entries = {"ips": [entry(w, rows=1500) for w in windows("2024-01-01", "2024-01-04", day)]}
-    entries["ips"] += [entry(w) for w in windows("2024-01-06", "2024-01-07", day)]
-    broken = Window(start=at("2024-01-04"), end=at("2024-01-05"))
-    text = render_status(
-        build_status(
-            entries,
-            [report("run-9", "2024-01-08T00:00:00Z", [failure("ips", broken)])],
-            lake="/lake",
-        )
+    head = head_of(
+        {
+            "ips": windows("2024-01-01", "2024-01-04", day)
+            + windows("2024-01-06", "2024-01-07", day)
+        },
+        rows=1500,
+        failures=[("ips", (at("2024-01-04"), at("2024-01-05")), "run-9", "503 from server")],
+        runs=[run("run-9", "2024-01-08T00:00:00Z", ok=False)],
     )
-    assert text.startswith("Lake /lake: 1 run; last run-9 ended 2024-01-08T00:00:00Z (failures)")
-    assert "4,510" in text  # rows with separators
+    text = render_status(build_status(head, lake="/lake"))
+    assert text.startswith("Lake /lake: hive tables; last run run-9 ended 2024-01-08T00:00:00Z")
+    assert "6,000" in text  # rows with separators
     assert "2024-01-01" in text and "2024-01-06" in text
     assert "failed   2024-01-04" in text and "missing  2024-01-05" in text
-    assert "ServerError: 503 from server" in text and str(broken) in text
+    assert "ServerError: 503 from server" in text
 
 
 def test_render_status_of_an_empty_lake_says_so() -> None:
-    """A lake with no manifest and no reports renders one clear sentence, not an empty table."""
-    text = render_status(build_status({}, [], lake="/nowhere"))
-    assert "Nothing harvested yet" in text and "no run reports" in text
+    """A lake with no manifest renders one clear sentence, not an empty table."""
+    text = render_status(build_status(None, lake="/nowhere"))
+    assert "Nothing harvested yet" in text
 
 
 def test_collect_status_of_a_real_lake_after_failures_gaps_and_repairs(

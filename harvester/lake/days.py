@@ -21,11 +21,19 @@ FILE_ROWS = 1_000_000
 """Rows at which a fresh day is cut into more than one file (at window boundaries)."""
 
 
+SECONDS = pa.timestamp("s", tz="UTC")
+
+
 def seconds(table: pa.Table | pa.RecordBatch) -> pa.Array:
-    """The ``timestamp`` column as int64 epoch seconds."""
+    """The ``timestamp`` column as int64 epoch seconds, whatever its unit.
+
+    Parquet has no seconds unit: a column written as seconds reads back as milliseconds.
+    """
     column = table.column("timestamp")
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if column.type != SECONDS:
+        column = column.cast(SECONDS)
     return column.cast(pa.int64())
 
 
@@ -71,9 +79,7 @@ def window_counts(table: pa.Table, step: int) -> dict[int, int]:
     }
 
 
-def split_windows(
-    counts: dict[int, int], step: int, *, cap: int = FILE_ROWS
-) -> list[Spans]:
+def split_windows(counts: dict[int, int], step: int, *, cap: int = FILE_ROWS) -> list[Spans]:
     """Cut windows (``start -> rows``) into consecutive groups of at most ``cap`` rows.
 
     Each group becomes one file; a single window with more than ``cap`` rows is a group
@@ -106,7 +112,7 @@ def same_rows(old: pa.Table, new: pa.Table) -> bool:
         return True
     new = new.select(old.schema.names).cast(old.schema)
     key = sort_key(old.schema)
-    return old.sort_by(key).equals(new.sort_by(key))
+    return bool(old.sort_by(key).equals(new.sort_by(key)))
 
 
 def concat(tables: Sequence[pa.Table], schema: pa.Schema) -> pa.Table:

@@ -42,7 +42,7 @@ from harvester.lake import days
 from harvester.lake.layout import data_key, day_folder, day_start, is_legacy, main_key
 from harvester.lake.spool import Spool
 from harvester.manifest.model import FileRecord, WindowRecord
-from harvester.schemas import Feed
+from harvester.schemas import FEEDS, Feed
 from harvester.storage import ABSENT, Expect, ObjectInfo, Store
 
 ROW_GROUP_ROWS = 128 * 1024
@@ -137,8 +137,8 @@ class DayWriter:
     async def _rewrite(self, job: DayJob) -> DayResult:
         files = {f.key: f for f in job.files}
         held = Spans()
-        for record in job.files:
-            held = held | record.windows
+        for known in job.files:
+            held = held | known.windows
         targets = {key: record.windows & job.replaced for key, record in files.items()}
         loose = (job.replaced & job.span) - held
         main = main_key(job.feed.name, job.day)
@@ -153,8 +153,10 @@ class DayWriter:
         for key, target in sorted(targets.items()):
             if not target:
                 continue
-            record = files.get(key)
-            old = await self._read(record) if record else job.feed.schema.empty_table()
+            record: FileRecord | None = files.get(key)
+            old, version = (
+                await self._read(record) if record else (job.feed.schema.empty_table(), None)
+            )
             old_part = days.select(old, target)
             new_part = days.select(new, target)
             redone = [s for s, _ in _windows(target, job.step) if s in job.previous]
@@ -169,12 +171,14 @@ class DayWriter:
                 new_part, job.step
             )
             if not table.num_rows:
-                if record is not None:
-                    await self.store.delete(key, expect=record.version)
+                if version is not None:
+                    await self.store.delete(key, expect=version)
                     dropped.append(key)
                     result_files.pop(key, None)
                 continue
-            expect: Expect = record.version if record else ABSENT
+            # On condition of the version just read, not the one recorded: a file a
+            # killed commit rewrote without recording it is read, and replaced, as it is.
+            expect: Expect = version if version is not None else ABSENT
             result_files[key] = await self._put(job, key, table, windows, expect)
             written += 1
         window_rows = {s: n for s, n in counts.items() if job.replaced.containing(s)}
@@ -193,17 +197,18 @@ class DayWriter:
         # twice), and on local disk the old file *is* the copy we would read.
         kept = Spool(self.staging / f"kept-{job.feed.name}-{job.day}.arrow", job.feed.schema)
         try:
+            versions = {}
             for record in job.files:
-                table = await self._read(record)
+                table, versions[record.key] = await self._read(record)
                 kept.append(days.select(table, Spans.one(0, 2**62) - job.replaced))
             kept.close()
             main = main_key(job.feed.name, job.day)
             expect_main: Expect = ABSENT
             for record in job.files:
                 if record.key == main:
-                    expect_main = record.version
+                    expect_main = versions[record.key]
                 else:
-                    await self.store.delete(record.key, expect=record.version)
+                    await self.store.delete(record.key, expect=versions[record.key])
             result = await self._fresh(
                 job, kept=kept, expect_main=expect_main, dropped=[f.key for f in job.files]
             )
@@ -261,15 +266,20 @@ class DayWriter:
                     await self.store.delete(other.key, expect=other.version)
         return await self.store.commit(staged, key, expect=found.version)
 
-    async def _read(self, record: FileRecord) -> pa.Table:
+    def _schema(self, record: FileRecord) -> pa.Schema:
+        return FEEDS[record.key.split("/", 1)[0]].schema
+
+    async def _read(self, record: FileRecord) -> tuple[pa.Table, str]:
+        """A recorded file's rows and the version they were read at."""
         async with self.store.fetch(record.key) as found:
             if found is None:
                 raise StorageError(
                     f"{self.store.url(record.key)} is missing although the manifest records "
                     "it; run `harvester verify --repair`"
                 )
-            path, _ = found
-            return await asyncio.to_thread(_read_parquet, path)
+            path, info = found
+            table = await asyncio.to_thread(_read_parquet, path, record.key)
+            return table.cast(self._schema(record)), info.version
 
 
 def _key(job: DayJob, first: int) -> str:
@@ -301,8 +311,12 @@ def _write_parquet(path: Path, table: pa.Table, schema: pa.Schema) -> None:
         writer.write_table(table.cast(schema), ROW_GROUP_ROWS)
 
 
-def _read_parquet(path: Path) -> pa.Table:
-    return pq.read_table(path)
+def _read_parquet(path: Path, key: str) -> pa.Table:
+    try:
+        # One file, read as itself: no partition columns guessed from its folder.
+        return pq.read_table(path, partitioning=None)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise StorageError(f"cannot read {key} ({exc}); run `harvester verify`") from exc
 
 
 def _is_ours(found: ObjectInfo, staged: Path) -> bool:

@@ -127,16 +127,17 @@ class Manifest:
         month: str,
         change: Callable[[Partition], Partition],
         *,
-        token: int = 0,
+        token: int | None,
     ) -> Versioned:
         """Apply ``change`` to the partition until a conditional write of it succeeds.
 
         ``token`` is the writer's lease token: a partition already written under a newer
-        lease raises :class:`Fenced` instead of being overwritten.
+        lease raises :class:`Fenced` instead of being overwritten. ``None`` is for
+        writers that hold no lease (a migration, a repair): no check, token unchanged.
         """
         for attempt in range(ATTEMPTS):
             current = await self.read_partition(feed, month)
-            if current.part.token > token:
+            if token is not None and current.part.token > token:
                 raise Fenced(
                     f"{partition_key(feed, month)} was written under lease {current.part.token}, "
                     f"newer than this run's {token}: another run took over {feed} {month}"

@@ -141,7 +141,7 @@ class Partition:
         drop_files: Iterable[str] = (),
         token: int | None = None,
     ) -> Partition:
-        """This partition with windows and files set (by start, by key) or dropped.
+        """The partition with windows and files set (by start, by key) or dropped.
 
         Setting is idempotent: applying the same change twice gives the same partition,
         which is what makes a retried conditional write safe.
@@ -360,13 +360,13 @@ class Head:
         return self.feeds.get(name) or FeedState()
 
     def with_feed(self, name: str, state: FeedState) -> Head:
-        """This head with ``name``'s state replaced."""
+        """The head with ``name``'s state replaced."""
         return replace(self, feeds={**self.feeds, name: state})
 
     def with_partition(
         self, part: Partition, version: str, *, queries: Mapping[str, Any] | None = None
     ) -> Head:
-        """This head with ``part``'s month recomputed from ``part`` (at ``version``).
+        """The head with ``part``'s month recomputed from ``part`` (at ``version``).
 
         Idempotent, and it heals: whatever the head believed about that month before,
         afterwards it says what the partition says.
@@ -404,7 +404,7 @@ class Head:
         return replace(self.with_feed(part.feed, new), seq=seq)
 
     def with_failures(self, feed: str, failures: Iterable[FailedSpan]) -> Head:
-        """This head with ``failures`` recorded (replacing older failures of those windows)."""
+        """The head with ``failures`` recorded (replacing older failures of those windows)."""
         new = list(failures)
         if not new:
             return self
@@ -415,7 +415,7 @@ class Head:
         return replace(self.with_feed(feed, replace(state, failed=failed)), seq=self.seq + 1)
 
     def with_run(self, run: Mapping[str, Any], *, feeds: Iterable[str], keep: int = 20) -> Head:
-        """This head with ``run`` (a run report's summary) as the latest of its shard."""
+        """The head with ``run`` (a run report's summary) as the latest of its shard."""
         run_id, shard = str(run["run_id"]), str(run.get("shard", "0/1"))
         shards = {**self.shards, shard: run_id}
         touched = set(feeds)
@@ -456,9 +456,7 @@ class Head:
                 name: {
                     "complete": {fp: s.to_json() for fp, s in state.complete.items()},
                     "queries": dict(state.queries),
-                    "failed": [
-                        [f.start, f.end, f.error, f.reason, f.run_id] for f in state.failed
-                    ],
+                    "failed": [[f.start, f.end, f.error, f.reason, f.run_id] for f in state.failed],
                     "months": {
                         m: [s.rows, s.windows, s.version, s.seq] for m, s in state.months.items()
                     },

@@ -1,0 +1,492 @@
+"""Group commits: finished spans become durable day files and manifest entries together.
+
+Workers hand in spans as they finish (their rows spooled), fail, or are left to another
+run. A (feed, day) is *ready* once every window of it this run had to do is settled.
+Every ``--commit-every`` seconds (and at the end) the ready days of all feeds are
+committed as one group:
+
+1. each day's files are written whole, by compare-and-set (:mod:`harvester.lake.writer`);
+2. each (feed, month) partition touched records its windows and files -- one conditional
+   write per month, not one object per window;
+3. the head records the months and the failures -- one conditional write per group.
+
+A window is recorded only after its files are durable, and a partition only after all
+of its group's files, so ``kill -9`` at any moment leaves windows either recorded with
+their files or not recorded (and harvested again by the next run). A crash between 2
+and 3 leaves the head behind its partitions; the next run that reads those partitions
+heals it (:meth:`~harvester.manifest.model.Head.with_partition`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+import structlog
+
+from harvester.errors import FATAL, HarvesterError
+from harvester.intervals import Spans
+from harvester.lake.layout import day_of, day_start, is_legacy
+from harvester.lake.spool import Spool
+from harvester.lake.writer import DayJob, DayResult, DayWriter
+from harvester.leases import Block, Leases
+from harvester.manifest.io import Fenced, Manifest, Versioned
+from harvester.manifest.model import (
+    FailedSpan,
+    FileRecord,
+    Head,
+    Partition,
+    WindowRecord,
+    ceil_grid,
+    month_domain,
+    month_of,
+)
+from harvester.report import Failure, FeedSummary
+from harvester.schemas import FEEDS
+from harvester.secret import redact
+from harvester.spans import Span
+from harvester.windows import format_api
+
+log = structlog.get_logger("harvester")
+
+DAY = 86_400
+PARALLEL_DAYS = 8
+"""Day files written at once in a commit."""
+
+
+def hull(day: date, step: int) -> tuple[int, int]:
+    """The windows (of ``step`` seconds) that share rows with ``day``, as one interval."""
+    start = day_start(day)
+    return start // step * step, ceil_grid(start + DAY, step)
+
+
+def days_of(spans: Spans) -> list[date]:
+    """Every UTC day ``spans`` touches."""
+    out: list[date] = []
+    for start, end in spans:
+        day = day_of(start)
+        last = day_of(end - 1)
+        while day <= last:
+            out.append(day)
+            day = date.fromordinal(day.toordinal() + 1)
+    return sorted(set(out))
+
+
+@dataclass(kw_only=True)
+class _Spooled:
+    span: Span
+    spool: Spool
+    days: set[date] = field(default_factory=set)
+
+
+@dataclass(kw_only=True)
+class _Feed:
+    unresolved: Spans
+    harvested: Spans = field(default_factory=Spans)
+    failures: list[FailedSpan] = field(default_factory=list)
+    spooled: list[_Spooled] = field(default_factory=list)
+
+
+class Committer:
+    """Collects a run's finished spans and commits their days in groups."""
+
+    def __init__(
+        self,
+        *,
+        manifest: Manifest,
+        writer: DayWriter,
+        leases: Leases,
+        todo: Mapping[str, Spans],
+        step: int,
+        fingerprint: str,
+        query: Mapping[str, Any],
+        run_id: str,
+        summaries: Mapping[str, FeedSummary],
+        failures: list[Failure],
+        commit_every: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.manifest = manifest
+        self.writer = writer
+        self.leases = leases
+        self.step = step
+        self.fingerprint = fingerprint
+        self.query = dict(query)
+        self.run_id = run_id
+        self.summaries = summaries
+        self.failures = failures
+        self.commit_every = commit_every
+        self._clock = clock
+        self._feeds = {feed: _Feed(unresolved=spans) for feed, spans in todo.items()}
+        self._wake = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._closing = False
+        self._ready_since: float | None = None
+        self._lock = asyncio.Lock()
+        self.head: Head | None = None
+        """The head as the last commit left it."""
+
+    # --- what workers report --------------------------------------------------------
+
+    def finished(self, span: Span, spool: Spool) -> None:
+        """``span`` was harvested; its rows are in ``spool``."""
+        state = self._feeds[span.feed]
+        covered = Spans.one(span.start, span.end)
+        state.unresolved = state.unresolved - covered
+        state.harvested = state.harvested | covered
+        state.spooled.append(_Spooled(span=span, spool=spool, days=set(days_of(covered))))
+        self._settled()
+
+    def failed(self, span: Span, error: HarvesterError) -> None:
+        """``span``'s windows failed for good in this run."""
+        state = self._feeds[span.feed]
+        state.unresolved = state.unresolved - Spans.one(span.start, span.end)
+        reason = redact(str(error)) or type(error).__name__
+        self._fail(span.feed, Spans.one(span.start, span.end), error, reason)
+        self._settled()
+
+    def left(self, feed: str, spans: Spans) -> None:
+        """Another run holds ``spans``: this run will not settle them."""
+        state = self._feeds.get(feed)
+        if state is not None:
+            state.unresolved = state.unresolved - spans
+            self._settled()
+
+    def _fail(self, feed: str, spans: Spans, error: BaseException, reason: str) -> None:
+        state = self._feeds[feed]
+        summary = self.summaries[feed]
+        for start, end in spans:
+            state.failures.append(
+                FailedSpan(
+                    start=start,
+                    end=end,
+                    error=type(error).__name__,
+                    reason=reason,
+                    run_id=self.run_id,
+                )
+            )
+            for w in range(start, end, self.step):
+                window = _window(w, w + self.step)
+                summary.failed += 1
+                self.failures.append(
+                    Failure(
+                        feed=feed,
+                        start=window[0],
+                        end=window[1],
+                        error=type(error).__name__,
+                        reason=reason,
+                    )
+                )
+                log.error(
+                    "window.failed",
+                    feed=feed,
+                    window=f"[{window[0]}, {window[1]})",
+                    error=type(error).__name__,
+                    reason=reason,
+                )
+
+    def _settled(self) -> None:
+        if self._ready_since is None:
+            self._ready_since = self._clock()
+        self._wake.set()
+
+    # --- committing -----------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Commit every ``commit_every`` seconds while anything is ready, until :meth:`close`.
+
+        A commit is never cancelled half way: :meth:`close` lets the one under way end.
+        """
+        while not self._closing:
+            await self._wake.wait()
+            self._wake.clear()
+            since = self._ready_since
+            if since is not None and not self._closing:
+                wait = since + self.commit_every - self._clock()
+                if wait > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._closed.wait(), wait)
+            if not self._closing:
+                await self.flush()
+
+    def close(self) -> None:
+        """Stop :meth:`run` after the commit under way (the caller then flushes once more)."""
+        self._closing = True
+        self._closed.set()
+        self._wake.set()
+
+    async def flush(self) -> None:
+        """Commit every ready day now."""
+        async with self._lock:
+            self._ready_since = None
+            jobs: dict[str, list[date]] = {}
+            failures: dict[str, list[FailedSpan]] = {}
+            for feed, state in self._feeds.items():
+                ready = [d for d in days_of(state.harvested) if self._ready(state, d)]
+                if ready:
+                    jobs[feed] = ready
+                if state.failures:
+                    failures[feed], state.failures = state.failures, []
+            if not jobs and not failures:
+                return
+            changed: list[tuple[Partition, str]] = []
+            for feed, days in jobs.items():
+                changed += await self._commit_feed(feed, days)
+            if changed or failures:
+                self.head = await self._record_head(changed, failures)
+
+    def _ready(self, state: _Feed, day: date) -> bool:
+        return not state.unresolved.clip(*hull(day, self.step))
+
+    async def _commit_feed(self, feed: str, days: list[date]) -> list[tuple[Partition, str]]:
+        state = self._feeds[feed]
+        by_month: dict[str, list[date]] = {}
+        for day in days:
+            by_month.setdefault(month_of(hull(day, self.step)[0]), []).append(day)
+        read = await self.manifest.read_partitions(feed, by_month)
+        changed: list[tuple[Partition, str]] = []
+        for month, month_days in sorted(by_month.items()):
+            block: Block = (feed, month)
+            spans = Spans.of(hull(d, self.step) for d in month_days) & state.harvested
+            if not self.leases.holds(block):
+                self._drop(feed, month_days, spans, Fenced(f"lost the lease on {feed} {month}"))
+                continue
+            try:
+                part = await self._commit_month(feed, month, month_days, read[month])
+            except FATAL:
+                raise
+            except HarvesterError as exc:
+                self._drop(feed, month_days, spans, exc)
+                continue
+            if part is not None:
+                changed.append(part)
+        return changed
+
+    def _drop(self, feed: str, days: Iterable[date], spans: Spans, error: HarvesterError) -> None:
+        """The windows of ``days`` could not be committed: they failed in this run."""
+        state = self._feeds[feed]
+        state.harvested = state.harvested - spans
+        self._fail(feed, spans, error, redact(str(error)) or type(error).__name__)
+        self._release_spools(feed, set(days))
+
+    async def _commit_month(
+        self, feed: str, month: str, days: list[date], current: Versioned
+    ) -> tuple[Partition, str] | None:
+        token = self.leases.token((feed, month))
+        part = current.part
+        legacy_days = [d for d in days if any(is_legacy(f.key) for f in part.day_files(str(d)))]
+        previous = dict(part.windows)
+        if legacy_days:
+            # The old per-window files of these days are about to be deleted and folded
+            # into one file: first make their windows incomplete, so a crash in between
+            # means they are harvested again, never that the manifest points at nothing.
+            dropped_windows = [
+                w
+                for d in legacy_days
+                for f in part.day_files(str(d))
+                for low, high in f.windows
+                for w in range(low, high, self.step)
+            ]
+            dropped_files = [f.key for d in legacy_days for f in part.day_files(str(d))]
+            current = await self.manifest.update_partition(
+                feed,
+                month,
+                lambda p: p.with_changes(drop_windows=dropped_windows, drop_files=dropped_files),
+                token=token,
+            )
+            # ... and the head, before any file goes: a nightly run resumes from the
+            # head, and must see those windows as the gap they now are.
+            assert current.version is not None
+            marked, version = current.part, current.version
+            self.head = await self.manifest.update_head(
+                lambda head: head.with_partition(marked, version)  # type: ignore[union-attr]
+            )
+        results = await self._write_days(feed, days, part)
+        records, files, drops = self._records(feed, days, results, previous)
+        if not records and not drops and all(not r.written for r in results.values()):
+            self._committed(feed, days, results, [])
+            return None
+        updated = await self.manifest.update_partition(
+            feed,
+            month,
+            lambda p: p.with_changes(windows=records, files=files, drop_files=drops),
+            token=token,
+        )
+        self._committed(feed, days, results, records)
+        assert updated.version is not None
+        return updated.part, updated.version
+
+    async def _write_days(
+        self, feed: str, days: list[date], part: Partition
+    ) -> dict[date, DayResult]:
+        state = self._feeds[feed]
+        gate = asyncio.Semaphore(PARALLEL_DAYS)
+
+        async def one(day: date) -> DayResult:
+            low, high = hull(day, self.step)
+            spools = [s.spool for s in state.spooled if s.span.start < high and low < s.span.end]
+            job = DayJob(
+                feed=FEEDS[feed],
+                day=day,
+                step=self.step,
+                replaced=state.harvested.clip(low, high),
+                spools=spools,
+                files=part.day_files(day.isoformat()),
+                previous={s: w for s, w in part.windows.items() if low <= s < high},
+            )
+            async with gate:
+                return await self.writer.write(job)
+
+        async with asyncio.TaskGroup() as group:
+            tasks = {day: group.create_task(one(day)) for day in days}
+        return {day: task.result() for day, task in tasks.items()}
+
+    def _records(
+        self,
+        feed: str,
+        days: list[date],
+        results: Mapping[date, DayResult],
+        previous: Mapping[int, WindowRecord],
+    ) -> tuple[list[WindowRecord], list[FileRecord], list[str]]:
+        state = self._feeds[feed]
+        now = int(time.time())
+        rows: dict[int, int] = {}
+        files: dict[int, set[str]] = {}
+        unchanged: set[int] = set()
+        file_records: dict[str, FileRecord] = {}
+        drops: set[str] = set()
+        for result in results.values():
+            for start, count in result.window_rows.items():
+                rows[start] = rows.get(start, 0) + count
+            unchanged |= result.unchanged
+            for record in result.files:
+                file_records[record.key] = record
+                for start, end in record.windows:
+                    for w in range(start, end, self.step):
+                        files.setdefault(w, set()).add(record.key)
+            drops |= set(result.dropped)
+        records: list[WindowRecord] = []
+        spans = Spans.of(hull(d, self.step) for d in days) & state.harvested
+        kept_legacy = {
+            w
+            for result in results.values()
+            for record in result.files
+            for a, b in record.windows
+            for w in range(a, b, self.step)
+            if w in previous and not spans.containing(w)
+        }
+        for start, end in spans:
+            for w in range(start, end, self.step):
+                old = previous.get(w)
+                if w in unchanged and old is not None and old.fingerprint == self.fingerprint:
+                    continue  # harvested again, found exactly what the lake holds
+                records.append(
+                    WindowRecord(
+                        start=w,
+                        end=w + self.step,
+                        fingerprint=self.fingerprint,
+                        rows=rows.get(w, 0),
+                        run_id=self.run_id,
+                        completed_at=now,
+                        files=tuple(sorted(files.get(w, ()))),
+                    )
+                )
+        for w in sorted(kept_legacy):
+            old = previous[w]
+            records.append(
+                WindowRecord(
+                    start=old.start,
+                    end=old.end,
+                    fingerprint=old.fingerprint,
+                    rows=old.rows,
+                    run_id=old.run_id,
+                    completed_at=old.completed_at,
+                    files=tuple(sorted(files.get(w, ()))),
+                )
+            )
+        return records, list(file_records.values()), sorted(drops - set(file_records))
+
+    def _committed(
+        self,
+        feed: str,
+        days: list[date],
+        results: Mapping[date, DayResult],
+        records: list[WindowRecord],
+    ) -> None:
+        state = self._feeds[feed]
+        spans = Spans.of(hull(d, self.step) for d in days) & state.harvested
+        summary = self.summaries[feed]
+        fresh = {r.start: r for r in records if r.run_id == self.run_id}
+        for start, end in spans:
+            for w in range(start, end, self.step):
+                record = fresh.get(w)
+                rows = record.rows if record else 0
+                summary.done += 1
+                summary.rows += rows
+                window = _window(w, w + self.step)
+                log.info(
+                    "window.done",
+                    feed=feed,
+                    window=f"[{window[0]}, {window[1]})",
+                    rows=rows,
+                    changed=record is not None,
+                )
+        summary.late += sum(r.late for r in results.values())
+        summary.unchanged += sum(len(r.unchanged) for r in results.values())
+        state.harvested = state.harvested - spans
+        self._release_spools(feed, set(days))
+
+    def _release_spools(self, feed: str, days: set[date]) -> None:
+        state = self._feeds[feed]
+        keep = []
+        for spooled in state.spooled:
+            spooled.days -= days
+            if spooled.days:
+                keep.append(spooled)
+            else:
+                spooled.spool.discard()
+        state.spooled = keep
+
+    async def _record_head(
+        self,
+        changed: list[tuple[Partition, str]],
+        failures: Mapping[str, list[FailedSpan]],
+    ) -> Head:
+        queries = {self.fingerprint: self.query}
+
+        def change(head: Head | None) -> Head:
+            assert head is not None, "the run creates the head before it commits"
+            for part, version in changed:
+                head = head.with_partition(part, version, queries=queries)
+            for feed, spans in failures.items():
+                head = head.with_failures(feed, spans)
+            return head
+
+        return await self.manifest.update_head(change)
+
+    def unsettled(self, feed: str) -> Spans:
+        """Windows of ``feed`` this run has not settled (when it stopped early)."""
+        state = self._feeds.get(feed)
+        return state.unresolved if state else Spans()
+
+    def finished_blocks(self) -> list[Block]:
+        """Leases this run no longer needs: nothing of their month is left to commit."""
+        done = []
+        for feed, month in self.leases.blocks():
+            state = self._feeds.get(feed)
+            pending = (state.unresolved | state.harvested) if state else Spans()
+            if not pending.clip(*month_domain(month, self.step)):
+                done.append((feed, month))
+        return done
+
+
+def _window(start: int, end: int) -> tuple[str, str]:
+    return (
+        format_api(datetime.fromtimestamp(start, UTC)),
+        format_api(datetime.fromtimestamp(end, UTC)),
+    )
