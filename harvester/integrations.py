@@ -89,7 +89,10 @@ def _utc(value: datetime | None, name: str) -> datetime:
         )
     if value.tzinfo is None or value.utcoffset() is None:
         raise ConfigError(f"{name} {value.isoformat()} has no time zone; pass an aware datetime")
-    return value.astimezone(UTC)
+    utc = value.astimezone(UTC)
+    # Airflow passes pendulum's DateTime, a subclass whose differences are pendulum's own
+    # Interval, which does not mix with timedelta arithmetic: go on with a plain datetime.
+    return datetime(*utc.timetuple()[:6], utc.microsecond, tzinfo=UTC)
 
 
 def snap_interval(start: datetime | None, end: datetime | None, window: timedelta) -> HarvestSpan:

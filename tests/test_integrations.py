@@ -171,6 +171,28 @@ def test_interval_examples_off_the_grid_and_in_other_zones() -> None:
     assert snap_interval(at("2024-01-01T07:00:00Z"), at("2024-01-01T08:00:00Z"), six).empty
 
 
+class OwnArithmetic(datetime):
+    """A datetime subclass whose differences are not timedeltas, like pendulum's DateTime.
+
+    Airflow hands tasks pendulum DateTimes; ``a - b`` between two of them is a pendulum
+    Interval, whose ``%`` with a timedelta fails.
+    """
+
+    def __sub__(self, other: Any) -> Any:
+        result = super().__sub__(other)
+        return object() if isinstance(other, datetime) else result
+
+
+def test_datetime_subclasses_with_their_own_arithmetic_are_mapped_as_plain_ones() -> None:
+    start = OwnArithmetic(2024, 1, 2, 2, 15, tzinfo=UTC)
+    end = OwnArithmetic(2024, 1, 3, 2, 15, tzinfo=UTC)
+    with pytest.raises(TypeError):
+        _ = (end - start) % timedelta(days=1)  # what broke the first Airflow run
+    span = snap_interval(start, end, parse_duration("1d"))
+    assert span.to_json() == {"after": "2024-01-02T00:00:00Z", "before": "2024-01-03T00:00:00Z"}
+    assert type(span.after) is datetime and type(span.before) is datetime
+
+
 @pytest.mark.parametrize(
     ("start", "end", "message"),
     [
