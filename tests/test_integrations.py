@@ -1,13 +1,18 @@
-"""harvester.integrations: orchestrator glue, tested without Airflow or Dagster.
+"""harvester.integrations and deploy/: orchestrator glue, tested without Airflow or Dagster.
 
 The interval and partition mappings are pure and tested with hypothesis; the harvest
-functions run real harvests against the simulator.
+functions run real harvests against the simulator; the Airflow DAG and the Dagster
+definitions are compiled and read with ``ast``, since neither library is installed.
 """
 
 from __future__ import annotations
 
+import ast
 import itertools
 import json
+import py_compile
+import subprocess
+import sys
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -17,6 +22,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from harvester import integrations
 from harvester.config import DEFAULTS
 from harvester.errors import (
     ApiUnreachable,
@@ -45,6 +51,12 @@ from harvester.windows import Window, floor_to, parse_duration, plan_windows
 
 from harvesting import SIM_KEY, harvest
 from lakecheck import assert_lake_exact
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+AIRFLOW_DAG = DEPLOY / "airflow_dag.py"
+DAGSTER_ASSETS = DEPLOY / "dagster_assets.py"
+ORCHESTRATORS = ("airflow", "dagster", "pendulum")
 
 WINDOWS = ["15m", "1h", "6h", "1d", "2d", "7d"]
 ZONES = [
@@ -516,3 +528,127 @@ def test_choose_api_key_prefers_the_environment_then_the_connection() -> None:
             env={"THREATGRID_API_KEY": " "},
             source="the Airflow Connection 'threatgrid_default'",
         )
+
+
+# --- the deploy files --------------------------------------------------------------------
+
+
+def imported_modules(tree: ast.AST) -> list[str]:
+    """Every module an import statement of ``tree`` names."""
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.append(node.module)
+    return names
+
+
+def harvester_imports(tree: ast.AST) -> dict[str, set[str]]:
+    """``from harvester... import names`` of ``tree``, by module."""
+    found: dict[str, set[str]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "harvester":
+            found.setdefault(node.module or "", set()).update(a.name for a in node.names)
+        if isinstance(node, ast.Import):
+            assert all(a.name.split(".")[0] != "harvester" for a in node.names), (
+                "import harvester.integrations' functions by name, not the package"
+            )
+    return found
+
+
+def calls_to(tree: ast.AST, name: str) -> list[ast.Call]:
+    return [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == name
+    ]
+
+
+@pytest.mark.parametrize("path", [AIRFLOW_DAG, DAGSTER_ASSETS], ids=lambda p: p.name)
+def test_deploy_file_compiles_and_uses_only_the_integration_functions(
+    path: Path, tmp_path: Path
+) -> None:
+    py_compile.compile(str(path), cfile=str(tmp_path / "out.pyc"), doraise=True)
+    tree = ast.parse(path.read_text(), filename=str(path))
+    imports = harvester_imports(tree)
+    assert set(imports) <= {"harvester.integrations", "harvester.errors"}, imports
+    for module, names in imports.items():
+        target = integrations if module == "harvester.integrations" else sys.modules[module]
+        for name in names:
+            assert hasattr(target, name), f"{path.name} imports {module}.{name}: no such name"
+    assert imports.get("harvester.integrations"), "it must call the integration functions"
+
+
+def test_the_airflow_task_harvests_its_data_interval() -> None:
+    """The task hands Airflow's data interval and a key to harvest_interval.
+
+    The DAG runs on an explicit data-interval timetable: in Airflow 3 a bare cron string
+    makes runs whose interval is a single instant.
+    """
+    tree = ast.parse(AIRFLOW_DAG.read_text())
+    (call,) = calls_to(tree, "harvest_interval")
+    assert [ast.unparse(a) for a in call.args[:2]] == ["data_interval_start", "data_interval_end"]
+    assert "api_key" in {k.arg for k in call.keywords}
+    assert calls_to(tree, "choose_api_key") and calls_to(tree, "retryable")
+    assert calls_to(tree, "CronDataIntervalTimetable")
+    text = AIRFLOW_DAG.read_text()
+    assert '"retries"' in text and "max_active_runs=1" in text
+
+
+def test_the_dagster_asset_harvests_its_partition_day() -> None:
+    tree = ast.parse(DAGSTER_ASSETS.read_text())
+    (call,) = [
+        c
+        for c in ast.walk(tree)
+        if isinstance(c, ast.Call) and ast.unparse(c.func).endswith("harvest_day")
+    ]
+    assert ast.unparse(call.args[0]) == "context.partition_key"
+    assert calls_to(tree, "retryable")
+    text = DAGSTER_ASSETS.read_text()
+    assert "DailyPartitionsDefinition(" in text and 'timezone="UTC"' in text
+    assert "Definitions(" in text and "retry_policy=" in text
+
+
+def test_only_the_deploy_files_import_an_orchestrator() -> None:
+    """harvester/ and tests/ never import Airflow or Dagster; the deploy files do, themselves."""
+    for path in [*(ROOT / "harvester").rglob("*.py"), *(ROOT / "tests").rglob("*.py")]:
+        roots = {m.split(".")[0] for m in imported_modules(ast.parse(path.read_text()))}
+        assert not roots & set(ORCHESTRATORS), f"{path} imports {roots & set(ORCHESTRATORS)}"
+    airflow = {m.split(".")[0] for m in imported_modules(ast.parse(AIRFLOW_DAG.read_text()))}
+    dagster = {m.split(".")[0] for m in imported_modules(ast.parse(DAGSTER_ASSETS.read_text()))}
+    assert "airflow" in airflow and "dagster" not in airflow
+    assert "dagster" in dagster and "airflow" not in dagster
+
+
+def test_importing_the_integrations_loads_no_orchestrator() -> None:
+    code = (
+        "import sys, harvester.integrations\n"
+        f"loaded = sorted(m for m in sys.modules if m.split('.')[0] in {ORCHESTRATORS!r})\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_deploy_readme_names_what_the_files_define() -> None:
+    """The names deploy/README.md tells operators to set exist in the files it describes."""
+    readme = (DEPLOY / "README.md").read_text()
+    dag, assets = AIRFLOW_DAG.read_text(), DAGSTER_ASSETS.read_text()
+    for name in (
+        "threatgrid_harvest",
+        "threatgrid_default",
+        "THREATGRID_HARVEST_CONFIG",
+        "/opt/airflow/config/threatgrid.toml",
+        "CronDataIntervalTimetable",
+        "START",
+    ):
+        assert name in readme and name in dag, name
+    for name in (
+        "threatgrid_iocs",
+        "threatgrid_api",
+        "THREATGRID_HARVEST_CONFIG",
+        "THREATGRID_API_KEY",
+        "START_DATE",
+        "RetryPolicy",
+    ):
+        assert name in readme and name in assets, name
