@@ -148,7 +148,8 @@ def harvest_interval(
     The configuration comes from ``config_path`` (the TOML file the CLI reads) and
     keyword ``options`` spelled like the CLI's flags, keywords winning; the interval
     decides ``after`` and ``before`` (:func:`snap_interval`), so those and
-    ``since_last`` are refused. ``api_key`` defaults to ``THREATGRID_API_KEY`` in
+    ``since_last`` are refused as keywords, and replaced (``since_last`` turned off)
+    when the file has them. ``api_key`` defaults to ``THREATGRID_API_KEY`` in
     ``env`` (default ``os.environ``). The harvest itself is :func:`harvester.harvest`.
 
     Returns ``{"after", "before", "harvested", "metadata", "result"}``: the span, whether
