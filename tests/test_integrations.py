@@ -367,7 +367,7 @@ def test_a_day_partition_harvests_every_window_of_its_day(
     lake = tmp_path / "lake"
     toml.write_text(
         f'base_url = "{sim.url}"\nout = "{lake}"\nfeeds = "urls"\nwindow = "6h"\n'
-        'rate = 1000\nafter = "2020-01-01"\nbefore = "2020-02-01"\n'
+        'rate = 1000\nafter = "2020-01-01"\nbefore = "2020-02-01"\nsince_last = true\n'
     )
     outcome = harvest_day("2024-01-02", toml, api_key=SIM_KEY)
     assert (outcome["after"], outcome["before"]) == ("2024-01-02T00:00:00Z", "2024-01-03T00:00:00Z")
