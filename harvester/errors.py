@@ -23,6 +23,7 @@ contains the API key.
     │       └── BadResponse      truncated body, non-JSON, wrong envelope
     ├── ApiUnreachable           the base URL never answered                  exit 5
     ├── DataError                a record that cannot be placed in the lake
+    ├── IncompleteHarvest        windows failed: an orchestrator's task retries  exit 1
     └── StorageError             the lake could not be read or written        exit 4
         ├── StorageAccessError   denied, no bucket, bad credentials: the run stops
         ├── StorageFull          a disk is full (the lake, or the local staging
@@ -39,6 +40,8 @@ is never caught per window, and the CLI turns it into exit 70.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class HarvesterError(Exception):
@@ -119,6 +122,20 @@ class ApiUnreachable(HarvesterError):
 
 class DataError(HarvesterError):
     """A record from the API cannot be placed in the lake (e.g. no timestamp)."""
+
+
+class IncompleteHarvest(HarvesterError):
+    """A harvest ended with windows that failed after their retries (or was stopped).
+
+    The CLI reports this as exit 1 without raising; :mod:`harvester.integrations`
+    raises it so that an orchestrator's task fails and is retried, which finishes the
+    missing windows. ``outcome`` is the run's JSON-able outcome, as the task would
+    have returned it.
+    """
+
+    def __init__(self, message: str, *, outcome: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.outcome = outcome
 
 
 class StorageError(HarvesterError):
