@@ -470,9 +470,10 @@ class Harvest:
             raise
         except (RequestRejected, PagingError, DataError) as exc:
             if span.windows(self.step) > 1:
-                halves = span.halves(self.step)
-                cap = span.length // 2 if isinstance(exc, RequestRejected) else None
-                queue.redo(halves, cap=cap)
+                if isinstance(exc, RequestRejected):
+                    queue.refused(span)  # too long, or too deep: carved shorter from now on
+                else:
+                    queue.redo(span.halves(self.step))
                 log.warning(
                     "span.split",
                     feed=span.feed,
@@ -514,7 +515,12 @@ class Harvest:
             async def on_page(page: Page, spool: Spool = spool) -> None:
                 nonlocal first
                 # Inline, not in a thread: the conversion holds the GIL throughout.
-                table = items_to_table(feed, page.items)
+                try:
+                    table = items_to_table(feed, page.items)
+                except DataError:
+                    # The second asked for before the span belongs to the window before
+                    # it: a record there that cannot be stored is that window's failure.
+                    table = items_to_table(feed, [i for i in page.items if _inside(i, span)])
                 if first:
                     first = False
                     self._probe(span, page, table, queue)
@@ -639,6 +645,15 @@ def covered_share(page: Page, span: Span) -> float | None:
     if not span.start <= oldest <= newest < span.end:
         return None
     return max((span.end - oldest) / (span.end - span.start), 1e-9)
+
+
+def _inside(item: Any, span: Span) -> bool:
+    """Whether an item's stamp lies in ``span`` (True when it cannot be told)."""
+    try:
+        stamp = int(parse_api(item["timestamp"]).timestamp())
+    except (KeyError, TypeError, ValueError):
+        return True
+    return span.start <= stamp < span.end
 
 
 def _label(span: Span) -> str:

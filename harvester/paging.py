@@ -175,4 +175,11 @@ def _fingerprint(items: list[dict[str, Any]]) -> int:
     honest pages agree on all of it only if they hold the same records in the same
     places, which real feeds do not.
     """
-    return hash((len(items), orjson.dumps(items[::50]), orjson.dumps(items[-1])))
+    return hash((len(items), _dumps(items[::50]), _dumps(items[-1])))
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # a lone surrogate, or an integer past 64 bits: still a fingerprint
+        return repr(value).encode("utf-8", "backslashreplace")

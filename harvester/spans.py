@@ -128,6 +128,8 @@ class SpanQueue:
         self.step = step
         self.max_span = max(step, max_span // step * step)
         self._feeds = {f: _Feed(todo=s, page=page) for f, s in todo.items() if s}
+        self._unproven = False  # the server refused a length: try the next one alone
+        self._probe: Span | None = None
 
     def __bool__(self) -> bool:
         return any(f.todo or f.redo for f in self._feeds.values())
@@ -140,13 +142,23 @@ class SpanQueue:
         return state.todo | Spans.of((s.start, s.end) for s in state.redo)
 
     def take(self) -> Span | None:
-        """The next span to harvest, or None when nothing is left to hand out."""
+        """The next span to harvest, or None when nothing is to be handed out now.
+
+        After the server refused a span as too long, one span at the shorter length is
+        tried alone before others are carved at it: a refusal costs one request, not one
+        per worker.
+        """
         ready = [(f, s) for f, s in self._feeds.items() if s.todo or s.redo]
-        if not ready:
+        if not ready or self._probe is not None:
             return None
         name, state = min(ready, key=lambda fs: (fs[1].in_flight, _first(fs[1]), fs[0]))
         if state.redo:
             span = state.redo.popleft()
+            if span.length > self.max_span:
+                # Cut before a cap learnt since: its tail waits its turn again.
+                head = Span(feed=name, start=span.start, end=span.start + self.max_span)
+                state.redo.appendleft(Span(feed=name, start=head.end, end=span.end))
+                span = head
         else:
             length = span_length(state.density, page=state.page)
             carved = carve(
@@ -156,6 +168,8 @@ class SpanQueue:
             span = carved
             state.todo = state.todo - Spans.one(span.start, span.end)
         state.in_flight += 1
+        if self._unproven:
+            self._probe = span
         return span
 
     def learn(self, feed: str, *, density: float, page: int | None = None) -> None:
@@ -178,22 +192,37 @@ class SpanQueue:
 
     def give_back(self, span: Span) -> None:
         """Return ``span`` untouched, to be carved again (at the density learnt since)."""
+        if span == self._probe:
+            self._probe = None
         state = self._feeds[span.feed]
         state.todo = state.todo | Spans.one(span.start, span.end)
         state.in_flight -= 1
 
-    def redo(self, spans: Iterable[Span], *, cap: int | None = None) -> None:
-        """Harvest ``spans`` (the halves of a cut span) next; ``cap`` limits later spans."""
+    def redo(self, spans: Iterable[Span]) -> None:
+        """Harvest ``spans`` (the halves of a span that went wrong) next, as they are."""
         pieces = sorted(spans)
         if pieces:
+            self._settle(Span(feed=pieces[0].feed, start=pieces[0].start, end=pieces[-1].end))
             state = self._feeds[pieces[0].feed]
             state.redo.extendleft(reversed(pieces))
             state.in_flight -= 1
-        if cap is not None:
-            self.max_span = max(self.step, min(self.max_span, cap // self.step * self.step))
+
+    def refused(self, span: Span) -> None:
+        """The server refused ``span`` (too long?): spans are at most half as long from now."""
+        self.max_span = max(
+            self.step, min(self.max_span, span.length // 2 // self.step * self.step)
+        )
+        self._unproven = True
+        self.give_back(span)
+
+    def _settle(self, span: Span) -> None:
+        if span == self._probe:
+            self._probe = None
+            self._unproven = False  # the length held
 
     def done(self, span: Span) -> None:
         """``span`` is finished (harvested, or failed for good)."""
+        self._settle(span)
         self._feeds[span.feed].in_flight -= 1
 
     def drop(self, feed: str, spans: Spans) -> None:

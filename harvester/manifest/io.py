@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import orjson
 import structlog
 
-from harvester.errors import Conflict, StorageError
+from harvester.errors import Conflict, StorageError, TransientStorageError
 from harvester.manifest.model import Head, Partition
 from harvester.retry import Sleep
 from harvester.storage import ABSENT, Expect, Store
@@ -150,7 +150,9 @@ class Manifest:
                 info = await self.store.write(
                     partition_key(feed, month), data, expect=current.expect
                 )
-            except Conflict:
+            except (Conflict, TransientStorageError):
+                # Lost a race, or the answer: read again. If the write did land, the
+                # change is idempotent and recomputes to the same object.
                 await self._backoff(attempt)
                 continue
             return Versioned(part=new, version=info.version)
@@ -166,7 +168,7 @@ class Manifest:
             new = change(head)
             try:
                 await self.store.write(HEAD_KEY, orjson.dumps(new.to_json()), expect=expect)
-            except Conflict:
+            except (Conflict, TransientStorageError):
                 await self._backoff(attempt)
                 continue
             return new

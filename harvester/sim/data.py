@@ -24,6 +24,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import ipaddress
+import json
 import math
 import random
 import threading
@@ -68,6 +69,9 @@ class DatasetSpec:
     ``now`` stands in for the present when a query gives neither ``after`` nor ``before``.
     ``item_padding`` > 0 gives every item an undocumented ``"padding"`` string field of
     that many ASCII characters (so a page's size is about ``limit * item_padding`` bytes).
+    ``lone_surrogates`` names (feed, ``YYYY-MM-DD``) days whose newest record carries an
+    ``ioc`` of one lone UTF-16 surrogate (U+D800, escaped in the JSON): valid JSON, but a
+    string no UTF-8 file can hold -- the record a lake can never store.
     """
 
     seed: int = 7
@@ -79,6 +83,7 @@ class DatasetSpec:
     dense_days: Mapping[str, int] = field(default_factory=dict, hash=False)
     now: datetime = datetime(2026, 1, 1, tzinfo=UTC)
     item_padding: int = 0
+    lone_surrogates: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.feeds) - set(FEEDS))
@@ -86,6 +91,10 @@ class DatasetSpec:
             raise ValueError(f"unknown feeds {unknown}; known: {sorted(FEEDS)}")
         if self.rows_per_day < 0:
             raise ValueError("rows_per_day must be >= 0")
+        for feed, day in self.lone_surrogates:
+            if feed not in FEEDS:
+                raise ValueError(f"lone_surrogates: unknown feed {feed!r}")
+            date.fromisoformat(day)
         padding = self.item_padding
         if not isinstance(padding, int) or isinstance(padding, bool) or padding < 0:
             raise ValueError(f"item_padding must be an integer >= 0, not {padding!r}")
@@ -294,7 +303,7 @@ class Dataset:
             # Bumped last, under the lock: whoever sees the new number sees the records.
             self._versions[feed] += 1
             self._generation += 1
-        copies: list[dict[str, Any]] = orjson.loads(orjson.dumps([r.item for r in made]))
+        copies: list[dict[str, Any]] = loads(dumps([r.item for r in made]))
         return copies
 
     def warm(self, start: date, end: date, feeds: Iterable[str] | None = None) -> int:
@@ -389,7 +398,7 @@ class Dataset:
             sample=sample,
             restrictions=restrictions,
         )
-        copies: list[dict[str, Any]] = orjson.loads(orjson.dumps([r.item for r in records]))
+        copies: list[dict[str, Any]] = loads(dumps([r.item for r in records]))
         return copies
 
 
@@ -534,7 +543,33 @@ def _build(spec: DatasetSpec, feed: str, day: date) -> tuple[SimRecord, ...]:
         pad = _padding(spec.item_padding)
         for rec in records:
             rec.item["padding"] = pad
+    if records and (feed, day.isoformat()) in spec.lone_surrogates:
+        records[0].item["ioc"] = LONE_SURROGATE
     return tuple(records)
+
+
+LONE_SURROGATE = "\ud800"
+"""A string JSON can carry (as an escape) and UTF-8 cannot."""
+
+
+def dumps(value: Any) -> bytes:
+    """JSON bytes of ``value``; a lone surrogate is written as its escape sequence.
+
+    orjson refuses strings that are not valid UTF-8, which is right for almost every
+    use; the standard library writes them escaped, as a server in another language would.
+    """
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, ensure_ascii=True, separators=(",", ":")).encode()
+
+
+def loads(data: bytes) -> Any:
+    """Inverse of :func:`dumps`."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
 
 
 def _newest_first(rec: SimRecord) -> int:

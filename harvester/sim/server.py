@@ -41,7 +41,7 @@ import structlog
 from aiohttp import web
 
 from harvester.schemas import FEEDS
-from harvester.sim.data import DEFAULT_SCORE, Dataset, DatasetSpec, query_bounds
+from harvester.sim.data import DEFAULT_SCORE, Dataset, DatasetSpec, dumps, query_bounds
 from harvester.windows import API_FORMAT
 
 FEED_PATH = "/api/v2/iocs/feeds/{feed}"
@@ -441,7 +441,7 @@ class _Service:
         data = self._pages.get(key)
         if data is None:
             page = items[start : start + limit]
-            data = orjson.dumps(
+            data = dumps(
                 {
                     "index": index,
                     "current_item_count": len(page),
