@@ -29,7 +29,7 @@ from typing import Any
 
 import structlog
 
-from harvester.errors import FATAL, HarvesterError
+from harvester.errors import FATAL, HarvesterError, unwrap
 from harvester.intervals import Spans
 from harvester.lake.layout import day_of, day_start, is_legacy
 from harvester.lake.spool import Spool
@@ -342,8 +342,11 @@ class Committer:
             async with gate:
                 return await self.writer.write(job)
 
-        async with asyncio.TaskGroup() as group:
-            tasks = {day: group.create_task(one(day)) for day in days}
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = {day: group.create_task(one(day)) for day in days}
+        except BaseExceptionGroup as errors:
+            raise unwrap(errors) from None
         return {day: task.result() for day, task in tasks.items()}
 
     def _records(

@@ -41,6 +41,7 @@ is never caught per window, and the CLI turns it into exit 70.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 
@@ -191,3 +192,22 @@ FATAL: tuple[type[HarvesterError], ...] = (
     StorageFull,
 )
 """Errors that stop the whole run at once: no other window could succeed either."""
+
+
+def unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error a TaskGroup's exception group stands for.
+
+    A bug (not a :class:`HarvesterError`) first, so it is never hidden behind the
+    cancellations it caused; then a :data:`FATAL` error; then the first one.
+    """
+    errors: list[BaseException] = []
+    pending = list(group.exceptions)
+    while pending:
+        error = pending.pop(0)
+        if isinstance(error, BaseExceptionGroup):
+            pending.extend(error.exceptions)
+        else:
+            errors.append(error)
+    bugs = [e for e in errors if not isinstance(e, HarvesterError | asyncio.CancelledError)]
+    fatal = [e for e in errors if isinstance(e, FATAL)]
+    return (bugs or fatal or errors)[0]

@@ -47,6 +47,7 @@ from harvester.errors import (
     StorageError,
     StorageFull,
     TransientError,
+    unwrap,
 )
 from harvester.intervals import Spans
 from harvester.lake import days
@@ -341,7 +342,7 @@ class Harvest:
                     await committing
                     await keeping
         except BaseExceptionGroup as group_error:
-            raise _first_fatal(group_error) from None
+            raise unwrap(group_error) from None
 
     async def _keep_alive(
         self, leases: Leases, staging: Staging, committer: Committer, done: asyncio.Event
@@ -687,20 +688,3 @@ class _RareCollections:
 
 _rare_collections = _RareCollections()
 
-
-def _first_fatal(group: BaseExceptionGroup[Any]) -> BaseException:
-    """Unwrap the TaskGroup's error: the one that cancelled the others.
-
-    A bug (not a HarvesterError) wins over a fatal harvester error, so it is never
-    hidden behind the cancellations it caused.
-    """
-    errors: list[BaseException] = []
-    pending = list(group.exceptions)
-    while pending:
-        error = pending.pop(0)
-        if isinstance(error, BaseExceptionGroup):
-            pending.extend(error.exceptions)
-        else:
-            errors.append(error)
-    bugs = [e for e in errors if not isinstance(e, HarvesterError | asyncio.CancelledError)]
-    return (bugs or errors)[0]

@@ -36,7 +36,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from harvester.errors import Conflict, StorageError
+from harvester.errors import Conflict, StorageError, TransientStorageError
 from harvester.intervals import Spans
 from harvester.lake import days
 from harvester.lake.layout import data_key, day_folder, day_start, is_legacy, main_key
@@ -229,7 +229,8 @@ class DayWriter:
         try:
             try:
                 info = await self.store.commit(staged, key, expect=expect)
-            except Conflict:
+            except (Conflict, TransientStorageError):
+                # Lost a race, or only the answer (the store's retries ran out): look.
                 info = await self._settle(job, key, staged, expect)
         finally:
             staged.unlink(missing_ok=True)
