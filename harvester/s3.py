@@ -240,6 +240,49 @@ class S3Store(Store):
 
         return await self._call(_Op("listing", "s3:ListBucket", prefix), scan)
 
+    async def list_files(self, prefix: str) -> list[StoredFile]:
+        """Objects in folder ``prefix`` with their size and ETag, sorted; dot-files skipped."""
+        folder = self._full(prefix.strip("/"))
+        full = f"{folder}/" if folder else ""
+        strip = len(self.prefix) + 1 if self.prefix else 0
+
+        def scan() -> list[StoredFile]:
+            pages = self._client.get_paginator("list_objects_v2")
+            found = []
+            for page in pages.paginate(Bucket=self.bucket, Prefix=full):
+                for item in page.get("Contents", []):
+                    name: str = item["Key"]
+                    if not name.rsplit("/", 1)[-1].startswith("."):
+                        found.append(
+                            StoredFile(key=name[strip:], size=int(item["Size"]), etag=_etag(item))
+                        )
+            return sorted(found, key=lambda f: f.key)
+
+        return await self._call(_Op("listing", "s3:ListBucket", prefix), scan)
+
+    @contextlib.asynccontextmanager
+    async def local_file(self, key: str) -> AsyncIterator[Path | None]:
+        """Download ``key`` into the store's temporary folder (streamed, multipart when big)."""
+        if self._tmp is None:
+            self._tmp = Path(tempfile.mkdtemp(prefix="harvester-s3-", dir=self._staging_parent))
+        path = self._tmp / f"{uuid.uuid4().hex[:12]}-{Path(key).name}"
+        full = self._full(key)
+
+        def download() -> bool:
+            try:
+                self._client.download_file(self.bucket, full, str(path), Config=self._transfer)
+            except ClientError as exc:
+                if _code(exc) in {"NoSuchKey", "404", "NotFound"}:
+                    return False
+                raise
+            return True
+
+        try:
+            found = await self._call(_Op("reading", "s3:GetObject", key), download)
+            yield path if found else None
+        finally:
+            await asyncio.to_thread(path.unlink, missing_ok=True)
+
     async def delete(self, key: str) -> None:
         """Remove ``key``; S3 deletes of missing keys succeed too."""
         await self._call(

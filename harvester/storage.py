@@ -19,6 +19,8 @@ import abc
 import asyncio
 import contextlib
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -34,6 +36,8 @@ class StoredFile:
     key: str
     size: int
     etag: str | None = None
+    mtime_ns: int | None = None
+    """Local files only: when the file was last written (a rename-replace changes it)."""
 
 
 class Store(abc.ABC):
@@ -62,6 +66,33 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def list_keys(self, prefix: str) -> list[str]:
         """Every key under ``prefix`` (recursive), sorted."""
+
+    async def list_files(self, prefix: str) -> list[StoredFile]:
+        """Every object under ``prefix`` with what identifies its content version, sorted.
+
+        The default knows names only; the real stores add sizes and ETags or mtimes.
+        """
+        return [StoredFile(key=key, size=-1) for key in await self.list_keys(prefix)]
+
+    @contextlib.asynccontextmanager
+    async def local_file(self, key: str) -> AsyncIterator[Path | None]:
+        """A local path holding ``key``'s content while the block runs, or ``None`` if missing.
+
+        For readers that want a file (DuckDB, pyarrow) without holding the object in
+        memory. The default copies through :meth:`get_bytes` into a temporary file.
+        """
+        data = await self.get_bytes(key)
+        if data is None:
+            yield None
+            return
+        folder = await asyncio.to_thread(tempfile.mkdtemp, prefix="harvester-read-")
+        path = Path(folder) / Path(key).name
+        try:
+            await asyncio.to_thread(path.write_bytes, data)
+            del data
+            yield path
+        finally:
+            await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
 
     @abc.abstractmethod
     async def delete(self, key: str) -> None:
@@ -165,6 +196,26 @@ class LocalStore(Store):
             if path.is_file() and not path.name.startswith("."):
                 keys.append(path.relative_to(self.root).as_posix())
         return sorted(keys)
+
+    async def list_files(self, prefix: str) -> list[StoredFile]:
+        """Files under ``prefix`` with their size and mtime, skipping staging dot-files."""
+        return await asyncio.to_thread(self._list_files, prefix)
+
+    def _list_files(self, prefix: str) -> list[StoredFile]:
+        found = []
+        for key in self._list(prefix):
+            try:
+                info = self._path(key).stat()
+            except FileNotFoundError:
+                continue  # removed since it was listed
+            found.append(StoredFile(key=key, size=info.st_size, mtime_ns=info.st_mtime_ns))
+        return found
+
+    @contextlib.asynccontextmanager
+    async def local_file(self, key: str) -> AsyncIterator[Path | None]:
+        """The file itself: it is local already (replaced only by rename, never in place)."""
+        path = self._path(key)
+        yield path if await asyncio.to_thread(path.is_file) else None
 
     async def delete(self, key: str) -> None:
         """Unlink ``key`` if present."""
