@@ -1,0 +1,117 @@
+"""One DuckDB session with bounded memory, and query results streamed into Parquet.
+
+DuckDB does the heavy grouping of the indicator build (and sorts a MISP export): its
+hash aggregates, joins and sorts spill to ``temp_directory`` once ``memory_limit`` is
+reached, so a lake of years is built in a fixed amount of memory. It only ever reads
+local files and Arrow tables handed to it; the lake is read and written through the
+:class:`~harvester.storage.Store`, never by DuckDB itself (no httpfs).
+
+A session is not thread-safe: use it from one thread at a time (the builder calls it
+through ``asyncio.to_thread``, one call after the other).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from harvester.errors import ConfigError, StorageError
+
+DEFAULT_MEMORY_LIMIT = "1GB"
+BATCH_ROWS = 64 * 1024
+COMPRESSION = "zstd"
+_SIZE = re.compile(r"^\s*\d+(\.\d+)?\s*(KB|MB|GB|TB|KIB|MIB|GIB|TIB)\s*$", re.IGNORECASE)
+
+
+def check_memory_limit(text: str) -> str:
+    """``--memory-limit`` as DuckDB reads it (``512MB``, ``2GB``, ``1.5GiB``)."""
+    if not _SIZE.match(text):
+        raise ConfigError(f"--memory-limit {text!r} is not a size; use e.g. 512MB or 2GB")
+    return text.strip()
+
+
+class Engine:
+    """A DuckDB connection limited to ``memory_limit``, spilling into ``work_dir``."""
+
+    def __init__(self, work_dir: Path, *, memory_limit: str = DEFAULT_MEMORY_LIMIT) -> None:
+        self.work_dir = work_dir
+        spill = work_dir / "spill"
+        spill.mkdir(parents=True, exist_ok=True)
+        # Never fetch or load an extension at run time: the lake comes through the Store.
+        self._con = duckdb.connect(
+            config={"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+        )
+        # Each thread adds working memory of its own: two are plenty for the
+        # day-sized groups of an update, and a rebuild is I/O- as much as CPU-bound.
+        threads = max(1, min(4, os.cpu_count() or 1))
+        for setting, value in (
+            ("memory_limit", check_memory_limit(memory_limit)),
+            ("temp_directory", str(spill)),
+            ("threads", threads),
+            ("preserve_insertion_order", False),  # lets big results stream
+        ):
+            self._con.execute(f"SET {setting} = ?", [value])
+        self._con.execute("SET TimeZone = 'UTC'")
+
+    def close(self) -> None:
+        """Close the connection (its spill files go with it)."""
+        self._con.close()
+
+    def write(
+        self,
+        sql: str,
+        path: Path,
+        schema: pa.Schema,
+        *,
+        params: Mapping[str, Any] | None = None,
+        tables: Mapping[str, pa.Table] | None = None,
+    ) -> int:
+        """Run ``sql`` and stream its rows, as ``schema``, into a Parquet file at ``path``.
+
+        ``tables`` are Arrow tables the query may name. Returns the number of rows; the
+        file is written (with the schema) even when there are none.
+        """
+        for name, table in (tables or {}).items():
+            self._con.register(name, table)
+        try:
+            reader = self._run(sql, params).fetch_record_batch(BATCH_ROWS)
+            rows = 0
+            with pq.ParquetWriter(path, schema, compression=COMPRESSION) as writer:
+                for batch in reader:
+                    if batch.num_rows:
+                        table = pa.Table.from_batches([batch]).rename_columns(schema.names)
+                        writer.write_table(table.cast(schema), row_group_size=BATCH_ROWS)
+                        rows += batch.num_rows
+            return rows
+        except duckdb.OutOfMemoryException as exc:
+            raise _memory_error(exc) from exc
+        except duckdb.IOException as exc:
+            raise StorageError(
+                f"DuckDB could not use its work folder {self.work_dir}: {exc}; free disk space "
+                "there or point TMPDIR at a larger disk"
+            ) from exc
+        finally:
+            for name in tables or {}:
+                self._con.unregister(name)
+
+    def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        """A small query's rows."""
+        try:
+            return self._run(sql, params).fetchall()
+        except duckdb.OutOfMemoryException as exc:
+            raise _memory_error(exc) from exc
+
+    def _run(self, sql: str, params: Mapping[str, Any] | None) -> duckdb.DuckDBPyConnection:
+        return self._con.execute(sql, dict(params or {}))
+
+
+def _memory_error(exc: BaseException) -> ConfigError:
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return ConfigError(f"DuckDB ran out of memory ({first}); raise --memory-limit")
