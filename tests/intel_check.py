@@ -23,8 +23,10 @@ SOURCES = {
     "md5": [("artifacts", "artifact_md5")],
     "registry_key": [("registry_keys", "registry_key")],
     "sample_sha256": [
-        (f, "sample_sha256")
-        for f in ("ips", "domains", "urls", "artifacts", "paths", "network_streams", "registry_keys")
+        (feed, "sample_sha256")
+        for feed in (
+            "ips", "domains", "urls", "artifacts", "paths", "network_streams", "registry_keys"
+        )
     ],
 }
 
@@ -36,7 +38,7 @@ def _stamp(text: str) -> int:
 
 
 def expected_table(items_by_feed: Mapping[str, Iterable[Mapping[str, Any]]]) -> dict[str, set[Row]]:
-    """type -> {(value, first, last, sightings, samples, max_sev, max_conf, iocs, feeds)}."""
+    """Per type, {(value, first, last, sightings, samples, max_sev, max_conf, iocs, feeds)}."""
     acc: dict[tuple[str, str], dict[str, Any]] = {}
     for kind, sources in SOURCES.items():
         for feed, column in sources:

@@ -176,8 +176,11 @@ def test_reharvest_that_removes_a_values_only_sighting_removes_the_value(
 def test_a_build_that_dies_half_way_is_finished_exactly_by_the_next(
     sim: SimulatorThread, first_lake: Path, tmp_path: Path
 ) -> None:
-    """Killed after some partials changed: the state marks the days pending, the next
-    build redoes them, and the result equals a full rebuild."""
+    """Killed after some partials changed: the next build redoes the pending days exactly.
+
+    The state marks the days being redone pending first, so the result equals a full
+    rebuild whatever the moment of death.
+    """
     lake = _copy(first_lake, tmp_path)
     build(str(lake))
     # January 31st re-harvested with the same records (new files), then days 4-5
