@@ -36,16 +36,17 @@ import structlog
 
 from harvester.errors import ConfigError
 from harvester.intel.aggregate import day_partials, indicator_rows, merge_month, prepare_day
-from harvester.intel.engine import DEFAULT_MEMORY_LIMIT, Engine, check_memory_limit
+from harvester.intel.engine import Engine
+from harvester.intel.resources import DEFAULT_MEMORY_LIMIT, check_memory_limit
 from harvester.intel.schema import (
     PARTIALS_PREFIX,
     STATE_KEY,
-    TABLE_FILE,
     TABLE_PREFIX,
     TYPES,
     feed_columns,
     month_of,
     parse_partial_key,
+    parse_table_key,
     partial_key,
     table_key,
 )
@@ -119,7 +120,7 @@ async def build_indicators(
     current: Versions = {feed: dict(days) for feed, days in zip(FEEDS, listed, strict=True)}
     plan = plan_update(previous, current)
     partials = await _partials(store)
-    tables = await _tables(store)
+    tables = await table_types(store)
     if not plan.touched and not plan.rebuild and _types(partials) == tables:
         log.info("indicators.up_to_date", lake=store.url())
         return BuildResult(
@@ -186,13 +187,10 @@ async def _partials(store: Store) -> set[tuple[str, str]]:
     return {f for f in found if f is not None}
 
 
-async def _tables(store: Store) -> set[str]:
-    kinds = set()
-    for key in await store.list_keys(TABLE_PREFIX):
-        folder, _, name = key.removeprefix(TABLE_PREFIX).partition("/")
-        if name == TABLE_FILE and folder.removeprefix("type=") in TYPES:
-            kinds.add(folder.removeprefix("type="))
-    return kinds
+async def table_types(store: Store) -> set[str]:
+    """The types whose table object exists."""
+    found = (parse_table_key(key) for key in await store.list_keys(TABLE_PREFIX))
+    return {kind for kind in found if kind is not None}
 
 
 def _types(partials: set[tuple[str, str]]) -> set[str]:

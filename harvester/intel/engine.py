@@ -13,7 +13,6 @@ through ``asyncio.to_thread``, one call after the other).
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,18 +22,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harvester.errors import ConfigError, StorageError
+from harvester.intel.resources import DEFAULT_MEMORY_LIMIT, check_memory_limit
 
-DEFAULT_MEMORY_LIMIT = "1GB"
 BATCH_ROWS = 64 * 1024
 COMPRESSION = "zstd"
-_SIZE = re.compile(r"^\s*\d+(\.\d+)?\s*(KB|MB|GB|TB|KIB|MIB|GIB|TIB)\s*$", re.IGNORECASE)
-
-
-def check_memory_limit(text: str) -> str:
-    """``--memory-limit`` as DuckDB reads it (``512MB``, ``2GB``, ``1.5GiB``)."""
-    if not _SIZE.match(text):
-        raise ConfigError(f"--memory-limit {text!r} is not a size; use e.g. 512MB or 2GB")
-    return text.strip()
 
 
 class Engine:

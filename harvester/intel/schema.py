@@ -18,7 +18,8 @@ the table and nothing else.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import date
+from dataclasses import dataclass
+from datetime import date, datetime
 from types import MappingProxyType
 
 import pyarrow as pa
@@ -87,6 +88,30 @@ PARTIAL_SCHEMA = pa.schema(
 """One (value, feed, day)'s aggregates, with its distinct sample ids: every column of the
 table can be recomputed from these exactly, distinct counts included."""
 
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Indicator:
+    """One row of the table, as the exporters see it."""
+
+    type: str
+    value: str
+    first_seen: datetime
+    last_seen: datetime
+    sightings: int
+    samples: int
+    max_severity: int | None
+    max_confidence: int | None
+    iocs: tuple[str, ...]
+    feeds: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.type not in TYPE_SOURCES:
+            raise ValueError(f"unknown indicator type {self.type!r}")
+        if self.first_seen.tzinfo is None or self.last_seen.tzinfo is None:
+            raise ValueError("first_seen and last_seen must be timezone-aware")
+
+
 STATE_KEY = "_indicators/state.json"
 PARTIALS_PREFIX = "_indicators/partials/"
 TABLE_PREFIX = "indicators/"
@@ -124,6 +149,15 @@ def table_key(kind: str) -> str:
 def partial_key(kind: str, month: str) -> str:
     """The object holding type ``kind``'s partial aggregates of ``month``."""
     return f"{PARTIALS_PREFIX}type={kind}/month={month}.parquet"
+
+
+def parse_table_key(key: str) -> str | None:
+    """The type of a table object's key, or None for anything else."""
+    folder, _, name = key.removeprefix(TABLE_PREFIX).partition("/")
+    kind = folder.removeprefix("type=")
+    if key.startswith(TABLE_PREFIX) and name == TABLE_FILE and kind in TYPE_SOURCES:
+        return kind
+    return None
 
 
 def parse_partial_key(key: str) -> tuple[str, str] | None:
