@@ -129,3 +129,40 @@ class CountingSource(HiveDaySource):
             raise RuntimeError("simulated crash")
         self.reads.append((feed, day))
         return await super().read_day(feed, day, columns)
+
+
+def write_lake(root: str, items_by_feed: Mapping[str, Iterable[Mapping[str, Any]]]) -> None:
+    """Write items straight into a local lake's Hive layout, a file per (feed, day)."""
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from harvester.schemas import FEEDS, items_to_table
+
+    for feed, items in items_by_feed.items():
+        days: dict[str, list[Mapping[str, Any]]] = {}
+        for item in items:
+            days.setdefault(str(item["timestamp"])[:10], []).append(item)
+        for day, found in days.items():
+            folder = Path(root) / feed / f"dt={day}"
+            folder.mkdir(parents=True, exist_ok=True)
+            table = items_to_table(FEEDS[feed], found)
+            pq.write_table(table, folder / "part-synthetic.parquet", compression="zstd")
+
+
+def export(root: str, fmt: str, to: str, *, s3_endpoint_url: str | None = None, **opts: Any) -> Any:
+    """``export_indicators`` on the lake at ``root``; ``opts`` are ExportFilter's, and tlp."""
+    from harvester.intel.export import ExportOptions, export_indicators
+    from harvester.intel.filters import ExportFilter
+
+    tlp = opts.pop("tlp", "white")
+    options = ExportOptions(format=fmt, to=to, tlp=tlp, filter=ExportFilter(**opts))
+
+    async def go() -> Any:
+        store = open_store(root, s3_endpoint_url=s3_endpoint_url)
+        try:
+            return await export_indicators(store, options, s3_endpoint_url=s3_endpoint_url)
+        finally:
+            await store.close()
+
+    return asyncio.run(go())

@@ -34,7 +34,7 @@ from harvester.errors import ConfigError, StorageError
 from harvester.intel import misp
 from harvester.intel.build import table_types
 from harvester.intel.engine import Engine
-from harvester.intel.filters import DEFAULT_TLP, TLP_LEVELS, ExportFilter
+from harvester.intel.filters import DEFAULT_TLP, ExportFilter, parse_tlp
 from harvester.intel.resources import DEFAULT_MEMORY_LIMIT, check_memory_limit
 from harvester.intel.schema import STATE_KEY, Indicator, table_key
 from harvester.intel.stix import BundleWriter
@@ -62,8 +62,7 @@ class ExportOptions:
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise ConfigError(f"--format {self.format!r} is unknown; use {', '.join(FORMATS)}")
-        if self.tlp not in TLP_LEVELS:
-            raise ConfigError(f"--tlp {self.tlp!r} is unknown; use {', '.join(TLP_LEVELS)}")
+        object.__setattr__(self, "tlp", parse_tlp(self.tlp))  # TLP 2.0's clear is white
         if not self.to.strip():
             raise ConfigError("--to is empty; name the file (or, for misp, the folder) to write")
         check_memory_limit(self.memory_limit)
