@@ -77,9 +77,11 @@ def split_path(path: str) -> tuple[str | None, str | None]:
     if cut < 0:
         return None, path
     directory, name = path[:cut], path[cut + 1 :]
+    if not name:
+        return path, None  # a directory itself: "/var/tmp/"
     if not directory or directory.endswith(":"):
         directory = path[: cut + 1]  # a root: "/", "C:\"
-    return directory, name or None
+    return directory, name
 
 
 def pattern(kind: str, value: str) -> str:
