@@ -1,6 +1,6 @@
 """The indicator table's arithmetic, in three queries.
 
-1. :func:`day_partials`: a (feed, day)'s rows -> one partial row per (type, value):
+1. :func:`batch_partials`: (feed, day)s' rows -> one partial row per (type, value):
    first and last stamp, sightings, maxima, the distinct iocs and the distinct
    ``sample_id``s. Null and empty values are no indicators.
 2. :func:`merge_month`: a month's partial file, with the rows of the (feed, day)s
@@ -16,6 +16,7 @@ so no result is ever held whole in memory. Rows come out sorted by value.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
@@ -25,17 +26,19 @@ from harvester.intel.engine import Engine
 from harvester.intel.schema import INDICATOR_SCHEMA, PARTIAL_SCHEMA, feed_sources
 from harvester.schemas import TIMESTAMP
 
-_DAY_SQL = """
-SELECT "{column}" AS value, $feed AS feed, $day::DATE AS day,
+_BATCH_SQL = """
+SELECT type, value, feed, day,
        min(ts) AS first_seen, max(ts) AS last_seen, count(*) AS sightings,
        max(severity) AS max_severity, max(confidence) AS max_confidence,
        list_sort(list_distinct(list(ioc))) AS iocs,
        list_sort(list_distinct(list(sample_id))) AS sample_ids
-FROM day_rows
-WHERE "{column}" IS NOT NULL AND "{column}" <> ''
-GROUP BY "{column}"
-ORDER BY value
+FROM sightings
+WHERE value IS NOT NULL AND value <> ''
+GROUP BY type, value, feed, day
 """
+_RECORD = ("ts", "ioc", "severity", "confidence", "sample_id")
+BATCH_SCHEMA = pa.schema([pa.field("type", pa.string(), nullable=False), *PARTIAL_SCHEMA])
+"""Partial rows of several types at once, as a batch of days produces them."""
 
 _KEEP_OLD = """
 SELECT o.* FROM read_parquet($old, hive_partitioning = false) AS o
@@ -72,40 +75,57 @@ def prepare_day(table: pa.Table) -> pa.Table:
     return table.drop_columns(["timestamp"]).append_column("ts", seconds)
 
 
-def day_partials(
-    engine: Engine, feed: str, day: date, table: pa.Table, out_dir: Path
-) -> dict[str, tuple[Path, int]]:
-    """Write the partial rows of each type ``feed`` feeds; return type -> (file, rows).
+def sightings(feed: str, day: date, table: pa.Table) -> list[pa.Table]:
+    """One (feed, day)'s rows as sightings: (type, value, feed, day) and the record's fields.
 
-    ``table`` is the day's rows as :func:`prepare_day` leaves them. A type without
-    rows that day still gets its (empty) file.
+    ``table`` is as :func:`prepare_day` leaves it; each value column of the feed gives
+    one table, of its type.
     """
-    written = {}
-    for kind, column in feed_sources(feed):
-        folder = out_dir / kind
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{feed}-{day.isoformat()}.parquet"
-        rows = engine.write(
-            _DAY_SQL.format(column=column),
-            path,
-            PARTIAL_SCHEMA,
-            params={"feed": feed, "day": day},
-            tables={"day_rows": table},
+    rows = table.num_rows
+    fixed = {
+        "feed": pa.repeat(feed, rows),
+        "day": pa.repeat(pa.scalar(day, pa.date32()), rows),
+    }
+    return [
+        pa.table(
+            {
+                "type": pa.repeat(kind, rows),
+                "value": table.column(column),
+                **fixed,
+                **{name: table.column(name) for name in _RECORD},
+            }
         )
-        written[kind] = (path, rows)
-    return written
+        for kind, column in feed_sources(feed)
+    ]
+
+
+def batch_partials(
+    engine: Engine, days: Sequence[tuple[str, date, pa.Table]], out: Path
+) -> int:
+    """Write the partial rows of a batch of (feed, day, rows) for every type; return them.
+
+    One GROUP BY over the whole batch; ``rows`` as :func:`prepare_day` leaves them.
+    """
+    parts = [part for feed, day, table in days for part in sightings(feed, day, table)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not parts:
+        return 0
+    combined = pa.concat_tables(parts, promote_options="permissive")
+    return engine.write(_BATCH_SQL, out, BATCH_SCHEMA, tables={"sightings": combined})
 
 
 def merge_month(
     engine: Engine,
+    kind: str,
     old: Path | None,
     redone: list[tuple[str, date]],
     new: list[Path],
     out: Path,
 ) -> int:
-    """Write a month's partials: ``old`` without the ``redone`` (feed, day)s, plus ``new``.
+    """Write a month of type ``kind``: ``old`` less the ``redone`` days, plus ``new``'s rows.
 
-    Returns the rows written; zero means the month's file should go.
+    ``new`` are batch files of :func:`batch_partials`, holding every type. Returns the
+    rows written; zero means the month's file should go.
     """
     parts: list[str] = []
     params: dict[str, str | list[str]] = {}
@@ -113,8 +133,12 @@ def merge_month(
         parts.append(_KEEP_OLD)
         params["old"] = str(old)
     if new:
-        parts.append("SELECT * FROM read_parquet($new, hive_partitioning = false)")
+        parts.append(
+            "SELECT * EXCLUDE (type) FROM read_parquet($new, hive_partitioning = false) "
+            "WHERE type = $type"
+        )
         params["new"] = [str(p) for p in new]
+        params["type"] = kind
     if not parts:
         return 0
     sql = f"SELECT * FROM ({' UNION ALL BY NAME '.join(parts)}) ORDER BY value, feed, day"

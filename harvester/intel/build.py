@@ -30,12 +30,14 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
+import pyarrow as pa
 import structlog
 
 from harvester.errors import ConfigError
-from harvester.intel.aggregate import day_partials, indicator_rows, merge_month, prepare_day
+from harvester.intel.aggregate import batch_partials, indicator_rows, merge_month, prepare_day
 from harvester.intel.engine import Engine
 from harvester.intel.resources import DEFAULT_MEMORY_LIMIT, check_memory_limit
 from harvester.intel.schema import (
@@ -66,6 +68,7 @@ from harvester.storage import Store
 log = structlog.get_logger("harvester")
 
 DEFAULT_READ_AHEAD = 4
+DEFAULT_BATCH_ROWS = 1_000_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,12 +82,15 @@ class BuildOptions:
     work_dir: str | None = None
     """Parent of the local work folder (spill files, partial copies); the system's temp."""
     read_ahead: int = DEFAULT_READ_AHEAD
-    """(feed, day)s read at once: the memory of a build is about this many days' rows."""
+    """(feed, day)s read at once."""
+    batch_rows: int = DEFAULT_BATCH_ROWS
+    """Records aggregated in one query: with ``read_ahead`` days more, what a build holds
+    in Arrow memory besides DuckDB's ``memory_limit``."""
 
     def __post_init__(self) -> None:
         check_memory_limit(self.memory_limit)
-        if self.read_ahead < 1:
-            raise ConfigError(f"read_ahead {self.read_ahead} must be at least 1")
+        if self.read_ahead < 1 or self.batch_rows < 1:
+            raise ConfigError("read_ahead and batch_rows must be at least 1")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -212,28 +218,42 @@ async def _update_partials(
     for month in months:
         folder = work / "days" / month
         reads = [(feed, day) for feed, day in plan.read if month_of(day) == month]
-        new: dict[str, list[Path]] = {}
-        for batch in _batches(reads, options.read_ahead):
-            tables = await asyncio.gather(
-                *(source.read_day(feed, day, feed_columns(feed)) for feed, day in batch)
-            )
-            for (feed, day), table in zip(batch, tables, strict=True):
-                files = await asyncio.to_thread(
-                    day_partials, engine, feed, day, prepare_day(table), folder
-                )
-                for kind, (path, rows) in files.items():
-                    if rows:
-                        new.setdefault(kind, []).append(path)
-            del tables
+        new = await _aggregate_days(source, engine, reads, folder, options)
         for (kind, when), redone in plan.by_month.items():
             if when != month:
                 continue
             merge_old = not plan.rebuild and (kind, month) in existing
-            if await _write_partial(store, engine, kind, month, merge_old, redone, new.get(kind)):
+            if await _write_partial(store, engine, kind, month, merge_old, redone, new):
                 written.add((kind, month))
         await asyncio.to_thread(_remove_tree, folder)
         log.info("indicators.month", month=month, days=len(reads))
     return written
+
+
+async def _aggregate_days(
+    source: DaySource,
+    engine: Engine,
+    reads: Sequence[DayKey],
+    folder: Path,
+    options: BuildOptions,
+) -> list[Path]:
+    """Read ``reads`` and write their partial rows in batch files; return the files."""
+    files: list[Path] = []
+    batch: list[tuple[str, date, pa.Table]] = []
+    for start in range(0, len(reads), options.read_ahead):
+        group = reads[start : start + options.read_ahead]
+        tables = await asyncio.gather(
+            *(source.read_day(feed, day, feed_columns(feed)) for feed, day in group)
+        )
+        batch += [(f, d, prepare_day(t)) for (f, d), t in zip(group, tables, strict=True)]
+        del tables
+        last = start + options.read_ahead >= len(reads)
+        if batch and (last or sum(t.num_rows for _, _, t in batch) >= options.batch_rows):
+            path = folder / f"batch-{len(files)}.parquet"
+            if await engine.run(batch_partials, engine, batch, path):
+                files.append(path)
+            batch = []
+    return files
 
 
 async def _write_partial(
@@ -243,7 +263,7 @@ async def _write_partial(
     month: str,
     merge_old: bool,
     redone: Sequence[DayKey],
-    new: list[Path] | None,
+    new: list[Path],
 ) -> bool:
     """Replace (or remove) one month's partial file; True if it exists afterwards."""
     key = partial_key(kind, month)
@@ -251,7 +271,7 @@ async def _write_partial(
     async with contextlib.AsyncExitStack() as stack:
         old = await stack.enter_async_context(store.local_file(key)) if merge_old else None
         staged = await stack.enter_async_context(store.staging(key))
-        rows = await asyncio.to_thread(merge_month, engine, old, list(redone), new or [], staged)
+        rows = await engine.run(merge_month, engine, kind, old, list(redone), new, staged)
         if rows:
             await store.commit(staged, key)
             return True
@@ -273,7 +293,7 @@ async def _write_table(store: Store, engine: Engine, work: Path, kind: str) -> i
             if path is not None:
                 paths.append(path)
         staged = await stack.enter_async_context(store.staging(key))
-        rows = await asyncio.to_thread(indicator_rows, engine, paths, staged)
+        rows = await engine.run(indicator_rows, engine, paths, staged)
         if rows:
             await store.commit(staged, key)
             log.info("indicators.table", type=kind, rows=rows)
@@ -281,11 +301,6 @@ async def _write_table(store: Store, engine: Engine, work: Path, kind: str) -> i
     await store.delete(key)
     log.info("indicators.table", type=kind, rows=0)
     return 0
-
-
-def _batches(items: Sequence[DayKey], size: int) -> Iterator[Sequence[DayKey]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def _remove_tree(folder: Path) -> None:

@@ -6,16 +6,19 @@ reached, so a lake of years is built in a fixed amount of memory. It only ever r
 local files and Arrow tables handed to it; the lake is read and written through the
 :class:`~harvester.storage.Store`, never by DuckDB itself (no httpfs).
 
-A session is not thread-safe: use it from one thread at a time (the builder calls it
-through ``asyncio.to_thread``, one call after the other).
+A session runs its work on a thread of its own (:meth:`Engine.run`): the connection is
+not thread-safe, and one thread keeps the allocator's per-thread caches to one set.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -24,6 +27,8 @@ import pyarrow.parquet as pq
 from harvester.errors import ConfigError, StorageError
 from harvester.intel.resources import DEFAULT_MEMORY_LIMIT, check_memory_limit
 
+P = ParamSpec("P")
+T = TypeVar("T")
 BATCH_ROWS = 64 * 1024
 COMPRESSION = "zstd"
 
@@ -33,6 +38,7 @@ class Engine:
 
     def __init__(self, work_dir: Path, *, memory_limit: str = DEFAULT_MEMORY_LIMIT) -> None:
         self.work_dir = work_dir
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="duckdb")
         spill = work_dir / "spill"
         spill.mkdir(parents=True, exist_ok=True)
         # Never fetch or load an extension at run time: the lake comes through the Store.
@@ -47,12 +53,21 @@ class Engine:
             ("temp_directory", str(spill)),
             ("threads", threads),
             ("preserve_insertion_order", False),  # lets big results stream
+            # every file is read once: caching them would only fill memory up to the limit
+            ("enable_external_file_cache", False),
+            ("allocator_background_threads", True),  # returns freed memory sooner
         ):
             self._con.execute(f"SET {setting} = ?", [value])
         self._con.execute("SET TimeZone = 'UTC'")
 
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run blocking ``fn`` (which uses this session) on the session's thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
     def close(self) -> None:
-        """Close the connection (its spill files go with it)."""
+        """Close the connection (its spill files go with it) and its thread."""
+        self._executor.shutdown(wait=True)
         self._con.close()
 
     def write(

@@ -240,7 +240,7 @@ async def _export_misp(
         feed.mkdir()
         engine = Engine(work, memory_limit=options.memory_limit)
         try:
-            events = await asyncio.to_thread(misp.write_feed, engine, rows, feed, tlp=options.tlp)
+            events = await engine.run(misp.write_feed, engine, rows, feed, tlp=options.tlp)
         finally:
             engine.close()
         for event in events:
