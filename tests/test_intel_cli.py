@@ -97,3 +97,11 @@ def test_bad_memory_limit_for_indicators(lake: Path) -> None:
     assert result.returncode == 2
     assert "--memory-limit '1 lot' is not a size" in error_line(result.stderr)
     assert not (lake / "indicators").exists() and not (lake / "_indicators").exists()
+
+
+def test_indicators_on_a_folder_without_data_is_refused(tmp_path: Path) -> None:
+    empty = tmp_path / "typo"
+    result = cli(["indicators", "--out", str(empty)])
+    assert result.returncode == 2
+    assert "holds no feed data to build indicators from" in error_line(result.stderr)
+    assert not empty.exists()

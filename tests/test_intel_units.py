@@ -192,6 +192,7 @@ def day_items(draw: st.DrawFn, feed: str, day: date) -> list[dict[str, Any]]:
 @st.composite
 def histories(draw: st.DrawFn) -> tuple[dict[Any, Any], list[tuple[str, date, Any]]]:
     start = {(f, d): draw(day_items(f, d)) for f in FEED_NAMES for d in DAYS if draw(st.booleans())}
+    start.setdefault(("domains", DAYS[0]), [])  # a lake with a day (an empty one, maybe)
     steps = []
     for _ in range(draw(st.integers(1, 4))):
         feed, day = draw(st.sampled_from(FEED_NAMES)), draw(st.sampled_from(DAYS))

@@ -127,6 +127,13 @@ async def build_indicators(
     plan = plan_update(previous, current)
     partials = await _partials(store)
     tables = await table_types(store)
+    nothing = not any(current.values()) and not (partials or tables)
+    # ... and not even an empty table was built before: most likely a wrong --out
+    if nothing and await store.get_bytes(STATE_KEY) is None:
+        raise ConfigError(
+            f"{store.url()} holds no feed data to build indicators from; harvest into it "
+            "first, or fix --out"
+        )
     if not plan.touched and not plan.rebuild and _types(partials) == tables:
         log.info("indicators.up_to_date", lake=store.url())
         return BuildResult(

@@ -98,10 +98,12 @@ class Engine:
             return rows
         except duckdb.OutOfMemoryException as exc:
             raise _memory_error(exc) from exc
-        except duckdb.IOException as exc:
+        except (duckdb.IOException, duckdb.InvalidInputException) as exc:
+            first = str(exc).splitlines()[0]
             raise StorageError(
-                f"DuckDB could not use its work folder {self.work_dir}: {exc}; free disk space "
-                "there or point TMPDIR at a larger disk"
+                f"DuckDB failed reading or writing a file ({first}); if a partial or table "
+                "file is damaged run harvester indicators --rebuild, if the disk is full free "
+                f"space under {self.work_dir.parent} (TMPDIR)"
             ) from exc
         finally:
             for name in tables or {}:
