@@ -48,7 +48,10 @@ ANTI JOIN redone AS r ON o.feed = r.feed AND o.day = r.day
 # Distinct pairs first, then plain GROUP BYs: every step is an aggregate DuckDB can
 # spill to disk, however many samples or iocs one value has.
 _TABLE_SQL = """
-WITH p AS (SELECT * FROM read_parquet($files, hive_partitioning = false)),
+WITH p AS (
+    SELECT * FROM read_parquet($files, hive_partitioning = false)
+    WHERE hash(value) % $buckets = $bucket
+),
 totals AS (
     SELECT value, min(first_seen) AS first_seen, max(last_seen) AS last_seen,
            sum(sightings)::BIGINT AS sightings,
@@ -149,10 +152,18 @@ def merge_month(
     return engine.write(sql, out, PARTIAL_SCHEMA, params=params, tables={"redone": keys})
 
 
-def indicator_rows(engine: Engine, partials: list[Path], out: Path) -> int:
-    """Write a type's table from all its partial files; return the number of indicators."""
+def indicator_rows(engine: Engine, partials: list[Path], out: Path, *, buckets: int = 1) -> int:
+    """Write a type's table from all its partial files; return the number of indicators.
+
+    The values are cut into ``buckets`` by a hash, and each bucket is aggregated on its
+    own: the joins of distinct samples and iocs hold lists that DuckDB cannot spill, so
+    this is what bounds their memory. Rows come out by bucket, then by value.
+    """
     if not partials:
         return 0
-    return engine.write(
-        _TABLE_SQL, out, INDICATOR_SCHEMA, params={"files": [str(p) for p in partials]}
-    )
+    files = [str(p) for p in partials]
+    queries = [
+        (_TABLE_SQL, {"files": files, "buckets": buckets, "bucket": bucket})
+        for bucket in range(buckets)
+    ]
+    return engine.write_all(queries, out, INDICATOR_SCHEMA)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import shutil
 import tempfile
 import time
@@ -34,12 +35,13 @@ from datetime import date
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import structlog
 
 from harvester.errors import ConfigError
 from harvester.intel.aggregate import batch_partials, indicator_rows, merge_month, prepare_day
 from harvester.intel.engine import Engine
-from harvester.intel.resources import DEFAULT_MEMORY_LIMIT, check_memory_limit
+from harvester.intel.resources import DEFAULT_MEMORY_LIMIT, check_memory_limit, memory_bytes
 from harvester.intel.schema import (
     PARTIALS_PREFIX,
     STATE_KEY,
@@ -69,6 +71,7 @@ log = structlog.get_logger("harvester")
 
 DEFAULT_READ_AHEAD = 4
 DEFAULT_BATCH_ROWS = 1_000_000
+PARTIAL_ROWS_PER_GB = 1_500_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -300,7 +303,9 @@ async def _write_table(store: Store, engine: Engine, work: Path, kind: str) -> i
             if path is not None:
                 paths.append(path)
         staged = await stack.enter_async_context(store.staging(key))
-        rows = await engine.run(indicator_rows, engine, paths, staged)
+        partial_rows = await asyncio.to_thread(_count_rows, paths)
+        buckets = max(1, math.ceil(partial_rows / _rows_per_bucket(engine.memory_limit)))
+        rows = await engine.run(indicator_rows, engine, paths, staged, buckets=buckets)
         if rows:
             await store.commit(staged, key)
             log.info("indicators.table", type=kind, rows=rows)
@@ -308,6 +313,19 @@ async def _write_table(store: Store, engine: Engine, work: Path, kind: str) -> i
     await store.delete(key)
     log.info("indicators.table", type=kind, rows=0)
     return 0
+
+
+def _count_rows(paths: Sequence[Path]) -> int:
+    return sum(pq.read_metadata(path).num_rows for path in paths)
+
+
+def _rows_per_bucket(memory_limit: str) -> int:
+    """Partial rows one pass of the table query may take within ``memory_limit``.
+
+    Measured: 3.3 million partial rows (1.2 million values) needed about 1 GB; 6.5
+    million failed within 1 GB. Half that rate leaves room for long iocs and many samples.
+    """
+    return max(100_000, memory_bytes(memory_limit) * PARTIAL_ROWS_PER_GB // 10**9)
 
 
 def _remove_tree(folder: Path) -> None:

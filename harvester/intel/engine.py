@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -38,6 +38,7 @@ class Engine:
 
     def __init__(self, work_dir: Path, *, memory_limit: str = DEFAULT_MEMORY_LIMIT) -> None:
         self.work_dir = work_dir
+        self.memory_limit = memory_limit
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="duckdb")
         spill = work_dir / "spill"
         spill.mkdir(parents=True, exist_ok=True)
@@ -84,17 +85,29 @@ class Engine:
         ``tables`` are Arrow tables the query may name. Returns the number of rows; the
         file is written (with the schema) even when there are none.
         """
+        return self.write_all([(sql, params or {})], path, schema, tables=tables)
+
+    def write_all(
+        self,
+        queries: Sequence[tuple[str, Mapping[str, Any]]],
+        path: Path,
+        schema: pa.Schema,
+        *,
+        tables: Mapping[str, pa.Table] | None = None,
+    ) -> int:
+        """Like :meth:`write`, for several (sql, params) whose rows follow one another."""
         for name, table in (tables or {}).items():
             self._con.register(name, table)
         try:
-            reader = self._run(sql, params).fetch_record_batch(BATCH_ROWS)
             rows = 0
             with pq.ParquetWriter(path, schema, compression=COMPRESSION) as writer:
-                for batch in reader:
-                    if batch.num_rows:
-                        table = pa.Table.from_batches([batch]).rename_columns(schema.names)
-                        writer.write_table(table.cast(schema), row_group_size=BATCH_ROWS)
-                        rows += batch.num_rows
+                for sql, params in queries:
+                    reader = self._run(sql, params).fetch_record_batch(BATCH_ROWS)
+                    for batch in reader:
+                        if batch.num_rows:
+                            table = pa.Table.from_batches([batch]).rename_columns(schema.names)
+                            writer.write_table(table.cast(schema), row_group_size=BATCH_ROWS)
+                            rows += batch.num_rows
             return rows
         except duckdb.OutOfMemoryException as exc:
             raise _memory_error(exc) from exc
