@@ -70,7 +70,11 @@ from harvester.storage import Store
 log = structlog.get_logger("harvester")
 
 DEFAULT_READ_AHEAD = 4
-DEFAULT_BATCH_ROWS = 1_000_000
+# Rows DuckDB can group per GB of --memory-limit, measured on a 3-year synthetic lake
+# (benchmarks/indicators_memory.py): a day batch's list aggregates (630,000 records fit
+# in 1 GB, 600,000 did not fit in 512 MB) and a table's joins (3.3 million partial rows
+# fit in 1 GB, 6.5 million did not). Both with room to spare; neither can spill.
+RECORDS_PER_GB = 500_000
 PARTIAL_ROWS_PER_GB = 1_500_000
 
 
@@ -86,14 +90,21 @@ class BuildOptions:
     """Parent of the local work folder (spill files, partial copies); the system's temp."""
     read_ahead: int = DEFAULT_READ_AHEAD
     """(feed, day)s read at once."""
-    batch_rows: int = DEFAULT_BATCH_ROWS
-    """Records aggregated in one query: with ``read_ahead`` days more, what a build holds
-    in Arrow memory besides DuckDB's ``memory_limit``."""
+    batch_rows: int | None = None
+    """Records aggregated in one query (by default as many as ``memory_limit`` takes):
+    with ``read_ahead`` days more, what a build holds in Arrow memory besides DuckDB's."""
 
     def __post_init__(self) -> None:
         check_memory_limit(self.memory_limit)
-        if self.read_ahead < 1 or self.batch_rows < 1:
+        if self.read_ahead < 1 or (self.batch_rows is not None and self.batch_rows < 1):
             raise ConfigError("read_ahead and batch_rows must be at least 1")
+
+    @property
+    def records_per_batch(self) -> int:
+        """``batch_rows``, or what ``memory_limit`` allows."""
+        if self.batch_rows is not None:
+            return self.batch_rows
+        return max(10_000, memory_bytes(self.memory_limit) * RECORDS_PER_GB // 10**9)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -258,7 +269,7 @@ async def _aggregate_days(
         batch += [(f, d, prepare_day(t)) for (f, d), t in zip(group, tables, strict=True)]
         del tables
         last = start + options.read_ahead >= len(reads)
-        if batch and (last or sum(t.num_rows for _, _, t in batch) >= options.batch_rows):
+        if batch and (last or sum(t.num_rows for _, _, t in batch) >= options.records_per_batch):
             path = folder / f"batch-{len(files)}.parquet"
             if await engine.run(batch_partials, engine, batch, path):
                 files.append(path)
@@ -320,11 +331,7 @@ def _count_rows(paths: Sequence[Path]) -> int:
 
 
 def _rows_per_bucket(memory_limit: str) -> int:
-    """Partial rows one pass of the table query may take within ``memory_limit``.
-
-    Measured: 3.3 million partial rows (1.2 million values) needed about 1 GB; 6.5
-    million failed within 1 GB. Half that rate leaves room for long iocs and many samples.
-    """
+    """Partial rows one pass of the table query may take within ``memory_limit``."""
     return max(100_000, memory_bytes(memory_limit) * PARTIAL_ROWS_PER_GB // 10**9)
 
 
