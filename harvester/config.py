@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -27,7 +28,6 @@ from harvester.windows import (
     floor_to,
     format_api,
     format_duration,
-    parse_age,
     parse_duration,
     parse_instant,
 )
@@ -406,4 +406,10 @@ def build_config(
 
 def parse_lag(text: str) -> timedelta:
     """Parse ``--lag`` (``0m``, ``30m``, ``1h``, ``2d``): any whole number of a unit."""
-    return parse_age(text, name="--lag")
+    match = re.fullmatch(r"(\d+)([dhm])", text.strip())
+    if not match:
+        raise ConfigError(f"--lag {text!r} is not a duration; use e.g. 30m, 1h or 1d")
+    return (
+        int(match[1])
+        * {"d": timedelta(days=1), "h": timedelta(hours=1), "m": timedelta(minutes=1)}[match[2]]
+    )

@@ -20,6 +20,7 @@ retries), anything else :class:`~harvester.errors.StorageError`.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import functools
 import os
@@ -59,7 +60,7 @@ from harvester.errors import (
 )
 from harvester.retry import RetryPolicy, Sleep, call_with_retry
 from harvester.secret import redact
-from harvester.storage import Store, StoredFile
+from harvester.storage import ObjectInfo, Store, StoredFile
 
 T = TypeVar("T")
 MiB = 1024 * 1024
@@ -240,46 +241,56 @@ class S3Store(Store):
 
         return await self._call(_Op("listing", "s3:ListBucket", prefix), scan)
 
-    async def list_files(self, prefix: str) -> list[StoredFile]:
-        """Objects in folder ``prefix`` with their size and ETag, sorted; dot-files skipped."""
+    async def list(self, prefix: str) -> builtins.list[ObjectInfo]:
+        """Objects in folder ``prefix`` with size and ETag, sorted; dot-files skipped."""
         folder = self._full(prefix.strip("/"))
         full = f"{folder}/" if folder else ""
         strip = len(self.prefix) + 1 if self.prefix else 0
 
-        def scan() -> list[StoredFile]:
+        def scan() -> builtins.list[ObjectInfo]:
             pages = self._client.get_paginator("list_objects_v2")
             found = []
             for page in pages.paginate(Bucket=self.bucket, Prefix=full):
                 for item in page.get("Contents", []):
                     name: str = item["Key"]
                     if not name.rsplit("/", 1)[-1].startswith("."):
+                        etag = _etag(item) or ""
                         found.append(
-                            StoredFile(key=name[strip:], size=int(item["Size"]), etag=_etag(item))
+                            ObjectInfo(
+                                key=name[strip:], size=int(item["Size"]), version=etag, etag=etag
+                            )
                         )
-            return sorted(found, key=lambda f: f.key)
+            return sorted(found, key=lambda info: info.key)
 
         return await self._call(_Op("listing", "s3:ListBucket", prefix), scan)
 
     @contextlib.asynccontextmanager
-    async def local_file(self, key: str) -> AsyncIterator[Path | None]:
-        """Download ``key`` into the store's temporary folder (streamed, multipart when big)."""
+    async def fetch(self, key: str) -> AsyncIterator[tuple[Path, ObjectInfo] | None]:
+        """Download ``key`` (one streamed GET) into a local file removed on exit."""
         if self._tmp is None:
             self._tmp = Path(tempfile.mkdtemp(prefix="harvester-s3-", dir=self._staging_parent))
         path = self._tmp / f"{uuid.uuid4().hex[:12]}-{Path(key).name}"
         full = self._full(key)
 
-        def download() -> bool:
+        def download() -> ObjectInfo | None:
+            # One streamed GET: the bytes and the version named are the same object.
             try:
-                self._client.download_file(self.bucket, full, str(path), Config=self._transfer)
+                reply = self._client.get_object(Bucket=self.bucket, Key=full)
             except ClientError as exc:
                 if _code(exc) in {"NoSuchKey", "404", "NotFound"}:
-                    return False
+                    return None
                 raise
-            return True
+            size = 0
+            with contextlib.closing(reply["Body"]) as body, open(path, "wb") as out:
+                for chunk in body.iter_chunks(MiB):  # a retry starts the file afresh
+                    out.write(chunk)
+                    size += len(chunk)
+            etag = _etag(reply) or ""
+            return ObjectInfo(key=key, size=size, version=etag, etag=etag)
 
         try:
-            found = await self._call(_Op("reading", "s3:GetObject", key), download)
-            yield path if found else None
+            info = await self._call(_Op("reading", "s3:GetObject", key), download)
+            yield None if info is None else (path, info)
         finally:
             await asyncio.to_thread(path.unlink, missing_ok=True)
 

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import builtins
 import contextlib
 import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -30,14 +29,31 @@ from harvester.errors import ConfigError, StorageAccessError, StorageError
 
 
 @dataclass(frozen=True, kw_only=True)
+class ObjectInfo:
+    """One version of an object: where, how big, and a token naming that version.
+
+    ``version`` is S3's ETag without quotes, or on local disk a token built from the
+    file's inode, size and modification time (every local write stamps a new one). It is
+    only ever compared for equality. ``etag`` is the content hash S3 reports.
+    """
+
+    key: str
+    size: int
+    version: str
+    etag: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.size < 0 or not self.version:
+            raise ValueError(f"object info for {self.key!r} needs a size >= 0 and a version")
+
+
+@dataclass(frozen=True, kw_only=True)
 class StoredFile:
     """An object as it was committed."""
 
     key: str
     size: int
     etag: str | None = None
-    mtime_ns: int | None = None
-    """Local files only: when the file was last written (a rename-replace changes it)."""
 
 
 class Store(abc.ABC):
@@ -67,32 +83,19 @@ class Store(abc.ABC):
     async def list_keys(self, prefix: str) -> list[str]:
         """Every key under ``prefix`` (recursive), sorted."""
 
-    async def list_files(self, prefix: str) -> list[StoredFile]:
-        """Every object under ``prefix`` with what identifies its content version, sorted.
+    @abc.abstractmethod
+    async def list(self, prefix: str) -> builtins.list[ObjectInfo]:
+        """Every object in folder ``prefix`` (recursive), sorted by key; dot-files skipped."""
 
-        The default knows names only; the real stores add sizes and ETags or mtimes.
+    @abc.abstractmethod
+    def fetch(
+        self, key: str
+    ) -> contextlib.AbstractAsyncContextManager[tuple[Path, ObjectInfo] | None]:
+        """A local path to read ``key`` from, and its version; ``None`` if missing.
+
+        For reading only. Local disk hands out the file itself; S3 downloads it into a
+        temporary file that is removed on exit.
         """
-        return [StoredFile(key=key, size=-1) for key in await self.list_keys(prefix)]
-
-    @contextlib.asynccontextmanager
-    async def local_file(self, key: str) -> AsyncIterator[Path | None]:
-        """A local path holding ``key``'s content while the block runs, or ``None`` if missing.
-
-        For readers that want a file (DuckDB, pyarrow) without holding the object in
-        memory. The default copies through :meth:`get_bytes` into a temporary file.
-        """
-        data = await self.get_bytes(key)
-        if data is None:
-            yield None
-            return
-        folder = await asyncio.to_thread(tempfile.mkdtemp, prefix="harvester-read-")
-        path = Path(folder) / Path(key).name
-        try:
-            await asyncio.to_thread(path.write_bytes, data)
-            del data
-            yield path
-        finally:
-            await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
 
     @abc.abstractmethod
     async def delete(self, key: str) -> None:
@@ -197,25 +200,33 @@ class LocalStore(Store):
                 keys.append(path.relative_to(self.root).as_posix())
         return sorted(keys)
 
-    async def list_files(self, prefix: str) -> list[StoredFile]:
-        """Files under ``prefix`` with their size and mtime, skipping staging dot-files."""
-        return await asyncio.to_thread(self._list_files, prefix)
+    async def list(self, prefix: str) -> builtins.list[ObjectInfo]:
+        """Files in folder ``prefix`` with their size and version, sorted, dot-files skipped."""
+        return await asyncio.to_thread(self._list_info, prefix)
 
-    def _list_files(self, prefix: str) -> list[StoredFile]:
+    def _list_info(self, prefix: str) -> builtins.list[ObjectInfo]:
         found = []
         for key in self._list(prefix):
-            try:
-                info = self._path(key).stat()
-            except FileNotFoundError:
-                continue  # removed since it was listed
-            found.append(StoredFile(key=key, size=info.st_size, mtime_ns=info.st_mtime_ns))
+            with contextlib.suppress(FileNotFoundError):  # deleted since it was listed
+                stat = self._path(key).stat()
+                found.append(ObjectInfo(key=key, size=stat.st_size, version=_version(stat)))
         return found
 
     @contextlib.asynccontextmanager
-    async def local_file(self, key: str) -> AsyncIterator[Path | None]:
-        """The file itself: it is local already (replaced only by rename, never in place)."""
+    async def fetch(self, key: str) -> AsyncIterator[tuple[Path, ObjectInfo] | None]:
+        """The file itself and its version now; read it, never write it.
+
+        Files are only ever replaced by rename, so an open file stays whole.
+        """
         path = self._path(key)
-        yield path if await asyncio.to_thread(path.is_file) else None
+        try:
+            stat = await asyncio.to_thread(os.stat, path)
+        except FileNotFoundError:
+            yield None
+            return
+        except OSError as exc:
+            raise _local_error(exc, path) from exc
+        yield path, ObjectInfo(key=key, size=stat.st_size, version=_version(stat))
 
     async def delete(self, key: str) -> None:
         """Unlink ``key`` if present."""
@@ -248,6 +259,10 @@ class LocalStore(Store):
             for folder in created:
                 with contextlib.suppress(OSError):
                     folder.rmdir()
+
+
+def _version(stat: os.stat_result) -> str:
+    return f"{stat.st_ino}-{stat.st_size}-{stat.st_mtime_ns}"
 
 
 def _staged_beside(target: Path) -> Path:

@@ -290,7 +290,7 @@ async def _write_partial(
     key = partial_key(kind, month)
     await store.discard_stale(key)
     async with contextlib.AsyncExitStack() as stack:
-        old = await stack.enter_async_context(store.local_file(key)) if merge_old else None
+        old = await _fetch(stack, store, key) if merge_old else None
         staged = await stack.enter_async_context(store.staging(key))
         rows = await engine.run(merge_month, engine, kind, old, list(redone), new, staged)
         if rows:
@@ -310,7 +310,7 @@ async def _write_table(store: Store, engine: Engine, work: Path, kind: str) -> i
     async with contextlib.AsyncExitStack() as stack:
         paths = []
         for partial in keys:
-            path = await stack.enter_async_context(store.local_file(partial))
+            path = await _fetch(stack, store, partial)
             if path is not None:
                 paths.append(path)
         staged = await stack.enter_async_context(store.staging(key))
@@ -324,6 +324,12 @@ async def _write_table(store: Store, engine: Engine, work: Path, kind: str) -> i
     await store.delete(key)
     log.info("indicators.table", type=kind, rows=0)
     return 0
+
+
+async def _fetch(stack: contextlib.AsyncExitStack, store: Store, key: str) -> Path | None:
+    """A local path to read ``key`` from while ``stack`` is open, or None if it is missing."""
+    found = await stack.enter_async_context(store.fetch(key))
+    return None if found is None else found[0]
 
 
 def _count_rows(paths: Sequence[Path]) -> int:

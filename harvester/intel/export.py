@@ -111,7 +111,8 @@ async def export_indicators(
             tables = {}
             for kind in options.filter.types:
                 if kind in available:
-                    path = await stack.enter_async_context(lake.local_file(table_key(kind)))
+                    found = await stack.enter_async_context(lake.fetch(table_key(kind)))
+                    path = None if found is None else found[0]
                     if path is not None:
                         tables[kind] = path
             if options.format == "misp":

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from harvester.errors import StorageError
 from harvester.schemas import FEEDS
-from harvester.storage import Store, StoredFile
+from harvester.storage import ObjectInfo, Store
 
 _DAY_FOLDER = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
 
@@ -42,9 +42,10 @@ class DaySource(Protocol):
 class HiveDaySource:
     """:class:`DaySource` over ``{feed}/dt=YYYY-MM-DD/*.parquet`` in a store.
 
-    A day's token digests its files' names, sizes and ETags (S3) or mtimes (local
-    disk): re-harvesting a window rewrites its files under the same names, and a
-    rewritten file always has a new mtime or, with other content, a new ETag.
+    A day's token digests its files' names, sizes and versions (the ETag on S3; inode,
+    size and mtime on local disk): re-harvesting a window rewrites its files under the
+    same names, and a rewritten file always has a new local version or, with other
+    content, a new ETag.
     """
 
     def __init__(self, store: Store) -> None:
@@ -55,8 +56,8 @@ class HiveDaySource:
         """List ``{feed}/`` once; remember each day's files for :meth:`read_day`."""
         if feed not in FEEDS:
             raise ValueError(f"unknown feed {feed!r}")
-        days: dict[date, list[StoredFile]] = {}
-        for found in await self.store.list_files(f"{feed}/"):
+        days: dict[date, list[ObjectInfo]] = {}
+        for found in await self.store.list(f"{feed}/"):
             parts = found.key.split("/")
             match = _DAY_FOLDER.match(parts[1]) if len(parts) == 3 else None
             if match is None or not parts[2].endswith(".parquet") or parts[2].startswith("_"):
@@ -99,9 +100,9 @@ def _read(data: bytes, columns: Sequence[str], schema: pa.Schema, key: str) -> p
         ) from exc
 
 
-def _token(files: Sequence[StoredFile]) -> str:
+def _token(files: Sequence[ObjectInfo]) -> str:
     text = "\n".join(
-        f"{f.key.rsplit('/', 1)[-1]}\t{f.size}\t{f.etag or ''}\t{f.mtime_ns or ''}"
+        f"{f.key.rsplit('/', 1)[-1]}\t{f.size}\t{f.version}"
         for f in sorted(files, key=lambda f: f.key)
     )
     return hashlib.sha256(text.encode()).hexdigest()[:32]
