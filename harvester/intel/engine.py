@@ -49,6 +49,8 @@ class Engine:
         # Each thread adds working memory of its own: two are plenty for the
         # day-sized groups of an update, and a rebuild is I/O- as much as CPU-bound.
         threads = max(1, min(4, os.cpu_count() or 1))
+        settings = self._con.execute("SELECT name FROM duckdb_settings()").fetchall()
+        known = {name for (name,) in settings}
         for setting, value in (
             ("memory_limit", check_memory_limit(memory_limit)),
             ("temp_directory", str(spill)),
@@ -58,7 +60,8 @@ class Engine:
             ("enable_external_file_cache", False),
             ("allocator_background_threads", True),  # returns freed memory sooner
         ):
-            self._con.execute(f"SET {setting} = ?", [value])
+            if setting in known:  # the last two are newer than some DuckDB releases we allow
+                self._con.execute(f"SET {setting} = ?", [value])
         self._con.execute("SET TimeZone = 'UTC'")
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
