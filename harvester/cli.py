@@ -1,4 +1,4 @@
-"""The command line: ``harvester run | plan | status | ddl | catalog | maintain | simulate | demo``.
+"""The command line: ``harvester run | plan | status | ddl | catalog | ...``.
 
 This is the only module that configures logging, reads the environment for the API
 key, installs signal handlers and turns errors into exit codes. Every error the
@@ -43,9 +43,11 @@ from harvester.config import (
 )
 from harvester.ddl import DEFAULT_DATABASE, DEFAULT_SINCE
 from harvester.errors import ConfigError, HarvesterError
+from harvester.intel.resources import DEFAULT_MEMORY_LIMIT
 from harvester.orchestrator import Harvest
 from harvester.report import RunResult, summarise
 from harvester.secret import redact
+from harvester.storage import open_store
 
 if TYPE_CHECKING:
     from harvester.sim.server import ServerOptions
@@ -218,6 +220,18 @@ For Iceberg lakes: compacts each day's small files, expires snapshots older than
 --older-than, and removes files no snapshot references that are older than
 --orphans-older-than (keep it longer than your longest run). Safe beside writers.
 """
+INDICATORS_EXAMPLES = """examples:
+  harvester indicators --out ./lake
+  harvester indicators --out s3://bucket/tg --memory-limit 4GB
+  harvester indicators --out ./lake --rebuild      # recompute everything from the feeds
+"""
+EXPORT_EXAMPLES = """examples:
+  harvester export --out ./lake --format txt --types domain --min-severity 80 \\
+      --since 30d --allowlist allow.txt --to /srv/edl/domains.txt
+  harvester export --out ./lake --format stix21 --tlp amber --to indicators.json
+  harvester export --out s3://bucket/tg --format misp --to s3://bucket/misp-feed
+  harvester export --out ./lake --format csv --types ip,url --to indicators.csv
+"""
 DDL_EXAMPLES = """examples:
   harvester ddl --out s3://bucket/tg --engine athena --database threatgrid > tables.sql
   harvester ddl --out ./lake --engine duckdb | duckdb lake.duckdb
@@ -332,6 +346,60 @@ def build_parser() -> argparse.ArgumentParser:
     maintain.add_argument("--s3-endpoint-url", metavar="URL")
     maintain.add_argument("--json", action="store_true", help="machine-readable output")
     _add_common(maintain)
+    indicators = _sub(
+        sub,
+        "indicators",
+        "build or update the indicator table {out}/indicators from the whole lake",
+        INDICATORS_EXAMPLES,
+    )
+    indicators.add_argument("--out", required=True, metavar="DIR|s3://BUCKET/PREFIX")
+    indicators.add_argument("--s3-endpoint-url", metavar="URL")
+    indicators.add_argument(
+        "--rebuild", action="store_true", help="ignore earlier work and recompute everything"
+    )
+    indicators.add_argument(
+        "--memory-limit",
+        default=DEFAULT_MEMORY_LIMIT,
+        metavar="SIZE",
+        help=f"DuckDB's memory limit, beyond which it spills to disk ({DEFAULT_MEMORY_LIMIT})",
+    )
+    _add_common(indicators)
+    export = _sub(
+        sub,
+        "export",
+        "write the indicator table as STIX 2.1, a MISP feed, CSV or a plain blocklist",
+        EXPORT_EXAMPLES,
+    )
+    export.add_argument("--out", required=True, metavar="DIR|s3://BUCKET/PREFIX", help="the lake")
+    export.add_argument("--format", required=True, choices=("stix21", "misp", "csv", "txt"))
+    export.add_argument(
+        "--to", required=True, metavar="PATH", help="file (misp: folder) to write; s3:// too"
+    )
+    export.add_argument("--types", metavar="domain,ip,...", help="indicator types (default all)")
+    export.add_argument("--min-severity", metavar="N", help="keep max_severity >= N")
+    export.add_argument("--min-confidence", metavar="N", help="keep max_confidence >= N")
+    export.add_argument(
+        "--since", metavar="DATE|DURATION", help="keep last_seen >= this (2024-01-01, 30d, 12h)"
+    )
+    export.add_argument(
+        "--tlp",
+        default="white",
+        choices=("white", "clear", "green", "amber", "red"),
+        help="TLP marking for stix21 and misp (clear is white; default white)",
+    )
+    export.add_argument(
+        "--include-private",
+        action="store_true",
+        help="keep IP addresses that are not globally routable (left out by default)",
+    )
+    export.add_argument(
+        "--allowlist", metavar="FILE", help="values never to export, one a line (domains: +subs)"
+    )
+    export.add_argument("--s3-endpoint-url", metavar="URL")
+    export.add_argument(
+        "--memory-limit", default=DEFAULT_MEMORY_LIMIT, metavar="SIZE", help="DuckDB's (misp)"
+    )
+    _add_common(export)
     sim = _sub(
         sub,
         "simulate",
@@ -569,6 +637,82 @@ def command_maintain(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_indicators(args: argparse.Namespace) -> int:
+    """``harvester indicators``: build or update the indicator table."""
+    from harvester.intel.build import BuildOptions, BuildResult, build_indicators
+
+    options = BuildOptions(rebuild=args.rebuild, memory_limit=args.memory_limit)
+    store = open_store(args.out, s3_endpoint_url=args.s3_endpoint_url)
+
+    async def go() -> BuildResult:
+        try:
+            return await build_indicators(store, options=options)
+        finally:
+            await store.close()
+
+    result = asyncio.run(go())
+    where = f"{args.out.rstrip('/')}/indicators"
+    if result.up_to_date:
+        print(f"Indicator table {where} is up to date.")
+        return 0
+    how = "rebuilt" if result.rebuild else "updated"
+    print(
+        f"Indicator table {where} {how}: {len(result.read)} (feed, day)s read, "
+        f"{len(result.dropped)} gone from the lake, {result.seconds:.1f} s\n"
+    )
+    print_table(["type", "indicators"], sorted(result.tables.items()))
+    return 0
+
+
+def command_export(args: argparse.Namespace) -> int:
+    """``harvester export``: the indicator table in a TIP's or a firewall's format."""
+    from collections import Counter
+    from datetime import UTC, datetime
+
+    from harvester.intel.export import ExportOptions, ExportSummary, export_indicators
+    from harvester.intel.filters import (
+        Allowlist,
+        ExportFilter,
+        parse_score,
+        parse_since,
+        parse_tlp,
+        parse_types,
+    )
+
+    # Everything is checked before anything is read or written.
+    options = ExportOptions(
+        format=args.format,
+        to=args.to,
+        tlp=parse_tlp(args.tlp),
+        memory_limit=args.memory_limit,
+        filter=ExportFilter(
+            types=parse_types(args.types),
+            min_severity=parse_score(args.min_severity, name="--min-severity"),
+            min_confidence=parse_score(args.min_confidence, name="--min-confidence"),
+            since=parse_since(args.since, now=datetime.now(UTC)),
+            include_private=args.include_private,
+            allowlist=Allowlist.load(args.allowlist) if args.allowlist else Allowlist(),
+        ),
+    )
+    store = open_store(args.out, s3_endpoint_url=args.s3_endpoint_url)
+
+    async def go() -> ExportSummary:
+        try:
+            return await export_indicators(store, options, s3_endpoint_url=args.s3_endpoint_url)
+        finally:
+            await store.close()
+
+    summary = asyncio.run(go())
+    print(f"Exported {summary.total} indicators as {summary.format} to {summary.to}\n")
+    reasons = sorted({r for counts in summary.skipped.values() for r in counts})
+    rows = []
+    for kind in options.filter.types:
+        left_out = summary.skipped.get(kind, Counter())
+        rows.append((kind, summary.exported[kind], *(left_out[r] for r in reasons)))
+    print_table(["type", "exported", *(f"left out: {r}" for r in reasons)], rows)
+    return 0
+
+
 def command_simulate(args: argparse.Namespace) -> int:
     """``harvester simulate``."""
     from harvester.sim.server import serve
@@ -591,6 +735,8 @@ COMMANDS = {
     "ddl": command_ddl,
     "catalog": command_catalog,
     "maintain": command_maintain,
+    "indicators": command_indicators,
+    "export": command_export,
     "simulate": command_simulate,
     "demo": command_demo,
 }

@@ -12,6 +12,7 @@ import os
 from harvester import api
 from harvester.cli_support import print_table
 from harvester.report import summarise
+from harvester.schemas import FEEDS
 from harvester.sim.data import DatasetSpec
 from harvester.sim.server import ServerOptions, SimulatorThread
 
@@ -66,9 +67,5 @@ def _report(root: str) -> None:
 
 
 def result_feeds(root: str) -> list[str]:
-    """Feed folders present in a local lake."""
-    return [
-        d
-        for d in os.listdir(root)
-        if not d.startswith(("_", ".")) and os.path.isdir(os.path.join(root, d))
-    ]
+    """Feed folders present in a local lake (not ``indicators/``, should it be built)."""
+    return [feed for feed in FEEDS if os.path.isdir(os.path.join(root, feed))]

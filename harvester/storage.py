@@ -285,7 +285,9 @@ class LocalStore(Store):
         try:
             _fsync(staged)  # the slow part, outside the folder's lock
             _mkdir(target.parent)
-            return self._install(staged, key, expect)
+            info = self._install(staged, key, expect)
+            _sweep(target)
+            return info
         except OSError as exc:
             raise local_error(exc, target) from exc
 

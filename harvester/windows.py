@@ -94,6 +94,14 @@ def parse_duration(text: str, *, name: str = "--window") -> timedelta:
     return step
 
 
+def parse_age(text: str, *, name: str) -> timedelta:
+    """Parse a span of whole units, ``0m``, ``30m``, ``12h``, ``90d``: no grid rules apply."""
+    match = re.fullmatch(r"(\d+)([dhm])", text.strip())
+    if not match:
+        raise ConfigError(f"{name} {text!r} is not a duration; use e.g. 30m, 1h or 1d")
+    return int(match[1]) * _UNITS[match[2]]
+
+
 def format_duration(step: timedelta) -> str:
     """Inverse of :func:`parse_duration` for the canonical unit."""
     seconds = int(step.total_seconds())

@@ -181,7 +181,10 @@ def test_run_exit_0_logs_json_and_summary_per_feed(sim: SimulatorThread, tmp_pat
 
 def test_every_command_has_help_with_examples() -> None:
     """Each subcommand's --help works and shows an example."""
-    for command in ("run", "plan", "status", "ddl", "catalog", "maintain", "simulate", "demo"):
+    from harvester.cli import COMMANDS
+
+    assert {"indicators", "export"} <= set(COMMANDS)
+    for command in COMMANDS:
         result = cli([command, "--help"])
         assert result.returncode == 0, (command, result.stderr)
         assert "example" in result.stdout, command
