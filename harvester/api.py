@@ -130,7 +130,8 @@ async def aplan(config: HarvestConfig, *, store: Store | None = None) -> dict[st
     )
     try:
         the_plan = await plan(config, own)
-        return describe_plan(the_plan, max_span=int(config.max_span.total_seconds()))
+        view = describe_plan(the_plan, max_span=int(config.max_span.total_seconds()))
+        return {"table_format": config.table_format, **view}
     finally:
         if store is None:
             await own.close()

@@ -37,7 +37,6 @@ from harvester.config import (
     MAINTAIN_DEFAULTS,
     OPTION_TYPES,
     TABLE_FORMATS,
-    HarvestConfig,
     build_config,
     load_toml,
 )
@@ -290,6 +289,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_SINCE,
         help=f"first dt for Athena partition projection (default {DEFAULT_SINCE})",
     )
+    ddl.add_argument(
+        "--table-format",
+        choices=TABLE_FORMATS,
+        default=DEFAULTS["table_format"],
+        help="the lake's table format (default %(default)s); iceberg prints iceberg_scan views",
+    )
+    ddl.add_argument("--catalog", metavar="NAME|URI", help="an Iceberg lake's catalog")
+    ddl.add_argument(
+        "--namespace", default=DEFAULTS["namespace"], help="an Iceberg lake's namespace"
+    )
     _add_common(ddl)
     catalog = _sub(
         sub,
@@ -459,20 +468,9 @@ async def _run_async(harvest: Harvest) -> RunResult:
         await harvest.store.close()
 
 
-def _not_wired(config: HarvestConfig) -> None:
-    # The group committer that writes Iceberg tables is not part of run yet (issue 14):
-    # refuse rather than quietly write the Hive layout.
-    if config.table_format == "iceberg":
-        raise ConfigError(
-            "--table-format iceberg is not available in run and plan yet; "
-            "use the default Hive layout for now"
-        )
-
-
 def command_run(args: argparse.Namespace) -> int:
     """``harvester run``."""
     config = build_config(_options(args))
-    _not_wired(config)
     harvest = api.prepare(config)
     from harvester.progress import live_progress
 
@@ -502,7 +500,6 @@ def command_run(args: argparse.Namespace) -> int:
 def command_plan(args: argparse.Namespace) -> int:
     """``harvester plan``: the run's plan from the manifest alone; no API call."""
     config = build_config(_options(args), whole_job=True)
-    _not_wired(config)
     view = api.plan_view(config)
     if args.json:
         print(orjson.dumps(view, option=orjson.OPT_INDENT_2).decode())
@@ -539,6 +536,20 @@ def command_status(args: argparse.Namespace) -> int:
 
 def command_ddl(args: argparse.Namespace) -> int:
     """``harvester ddl``: CREATE statements for the lake's tables."""
+    if args.table_format == "iceberg":
+        from harvester.iceberg.catalog import open_catalog
+        from harvester.iceberg.ddl import iceberg_athena_ddl, iceberg_duckdb_ddl
+        from harvester.iceberg.tables import load_table
+        from harvester.schemas import FEEDS
+
+        if args.engine == "duckdb":
+            # Views only for the tables the lake has: a view over a missing one fails.
+            lake = open_catalog(args.out, args.catalog, namespace=args.namespace)
+            feeds = [f for f in FEEDS if load_table(lake, f) is not None]
+            print(iceberg_duckdb_ddl(args.out, catalog=args.catalog, feeds=feeds))
+        else:
+            print(iceberg_athena_ddl(args.out, catalog=args.catalog, namespace=args.namespace))
+        return 0
     from harvester.ddl import render_ddl
 
     print(render_ddl(args.out, engine=args.engine, database=args.database, since=args.since))

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -51,6 +51,9 @@ from harvester.schemas import FEEDS
 from harvester.secret import redact
 from harvester.spans import Span
 from harvester.windows import format_api
+
+if TYPE_CHECKING:
+    from harvester.iceberg.sink import IcebergSink
 
 log = structlog.get_logger("harvester")
 
@@ -100,6 +103,7 @@ class Committer:
         *,
         manifest: Manifest,
         writer: DayWriter,
+        sink: IcebergSink | None = None,
         leases: Leases,
         todo: Mapping[str, Spans],
         step: int,
@@ -113,6 +117,8 @@ class Committer:
     ) -> None:
         self.manifest = manifest
         self.writer = writer
+        self.sink = sink
+        """Iceberg tables instead of the Hive layout's day files, when set."""
         self.leases = leases
         self.step = step
         self.fingerprint = fingerprint
@@ -244,6 +250,8 @@ class Committer:
         return not state.unresolved.clip(*hull(day, self.step))
 
     async def _commit_feed(self, feed: str, days: list[date]) -> list[tuple[Partition, str]]:
+        if self.sink is not None:
+            return await self._commit_iceberg(feed, days, self.sink)
         state = self._feeds[feed]
         by_month: dict[str, list[date]] = {}
         for day in days:
@@ -309,7 +317,7 @@ class Committer:
         results = await self._write_days(feed, days, part)
         records, files, drops = self._records(feed, days, results, previous)
         if not records and not drops and all(not r.written for r in results.values()):
-            self._committed(feed, days, results, [])
+            self._committed(feed, days, [], results=results.values())
             return None
         updated = await self.manifest.update_partition(
             feed,
@@ -317,7 +325,7 @@ class Committer:
             lambda p: p.with_changes(windows=records, files=files, drop_files=drops),
             token=token,
         )
-        self._committed(feed, days, results, records)
+        self._committed(feed, days, records, results=results.values())
         assert updated.version is not None
         return updated.part, updated.version
 
@@ -418,8 +426,11 @@ class Committer:
         self,
         feed: str,
         days: list[date],
-        results: Mapping[date, DayResult],
         records: list[WindowRecord],
+        *,
+        results: Iterable[DayResult] = (),
+        late: int = 0,
+        unchanged: int = 0,
     ) -> None:
         state = self._feeds[feed]
         spans = Spans.of(hull(d, self.step) for d in days) & state.harvested
@@ -439,10 +450,74 @@ class Committer:
                     rows=rows,
                     changed=record is not None,
                 )
-        summary.late += sum(r.late for r in results.values())
-        summary.unchanged += sum(len(r.unchanged) for r in results.values())
+        done = list(results)
+        summary.late += late + sum(r.late for r in done)
+        summary.unchanged += unchanged + sum(len(r.unchanged) for r in done)
         state.harvested = state.harvested - spans
         self._release_spools(feed, set(days))
+
+    async def _commit_iceberg(
+        self, feed: str, days: list[date], sink: IcebergSink
+    ) -> list[tuple[Partition, str]]:
+        """One Iceberg snapshot for the feed's ready days, then its partitions."""
+        state = self._feeds[feed]
+        spans = Spans.of(hull(d, self.step) for d in days) & state.harvested
+        months = sorted({month_of(s) for s, _ in _window_pairs(spans, self.step)})
+        for month in months:
+            if not self.leases.holds((feed, month)):
+                lost = spans & Spans.one(*month_domain(month, self.step))
+                self._drop(feed, days, lost, Fenced(f"lost the lease on {feed} {month}"))
+                return []
+        read = await self.manifest.read_partitions(feed, months)
+        previous = {w: r for v in read.values() for w, r in v.part.windows.items()}
+        spools = [s.spool for s in state.spooled if spans.clip(s.span.start, s.span.end)]
+        try:
+            done = await sink.commit_feed(
+                feed,
+                replaced=spans,
+                spools=spools,
+                step=self.step,
+                run_id=self.run_id,
+                fingerprint=self.fingerprint,
+                previous=set(previous),
+            )
+        except FATAL:
+            raise
+        except HarvesterError as exc:
+            self._drop(feed, days, spans, exc)
+            return []
+        now = int(time.time())
+        by_month: dict[str, list[WindowRecord]] = {}
+        for w, end in _window_pairs(spans, self.step):
+            old = previous.get(w)
+            if w in done.unchanged and old is not None and old.fingerprint == self.fingerprint:
+                continue
+            by_month.setdefault(month_of(w), []).append(
+                WindowRecord(
+                    start=w,
+                    end=end,
+                    fingerprint=self.fingerprint,
+                    rows=done.window_rows.get(w, 0),
+                    run_id=self.run_id,
+                    completed_at=now,
+                    snapshot=done.snapshot,
+                    sequence=done.sequence,
+                )
+            )
+        changed = []
+        records: list[WindowRecord] = []
+        for month, month_records in by_month.items():
+            token = self.leases.token((feed, month))
+
+            def change(part: Partition, records: list[WindowRecord] = month_records) -> Partition:
+                return part.with_changes(windows=records)
+
+            updated = await self.manifest.update_partition(feed, month, change, token=token)
+            assert updated.version is not None
+            changed.append((updated.part, updated.version))
+            records += month_records
+        self._committed(feed, days, records, late=done.late, unchanged=len(done.unchanged))
+        return changed
 
     def _release_spools(self, feed: str, days: set[date]) -> None:
         state = self._feeds[feed]
@@ -486,6 +561,12 @@ class Committer:
             if not pending.clip(*month_domain(month, self.step)):
                 done.append((feed, month))
         return done
+
+
+def _window_pairs(spans: Spans, step: int) -> Iterable[tuple[int, int]]:
+    for start, end in spans:
+        for w in range(start, end, step):
+            yield w, w + step
 
 
 def _window(start: int, end: int) -> tuple[str, str]:

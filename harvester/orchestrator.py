@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.compute as pc
 import structlog
@@ -56,7 +56,7 @@ from harvester.lake.writer import DayWriter
 from harvester.leases import Leases
 from harvester.manifest import legacy
 from harvester.manifest.io import Manifest
-from harvester.manifest.model import Head, month_domain, months_between
+from harvester.manifest.model import Head, Partition, month_domain, months_between
 from harvester.paging import page_through
 from harvester.planner import FeedPlan, Plan, shard_share, windows_in
 from harvester.ratelimit import AdaptiveRateLimiter
@@ -68,6 +68,9 @@ from harvester.spans import Span, SpanQueue, too_dense
 from harvester.staging import Staging, staging_root
 from harvester.storage import ABSENT, Store
 from harvester.windows import SECOND, floor_to, format_api, parse_api, plan_windows
+
+if TYPE_CHECKING:
+    from harvester.iceberg.ancestry import Ancestry
 
 log = structlog.get_logger("harvester")
 
@@ -144,6 +147,7 @@ async def plan(config: HarvestConfig, store: Store, *, write: bool = False) -> P
     step = int(config.window.total_seconds())
     fingerprint = config.query.fingerprint
     feeds: dict[str, FeedPlan] = {}
+    current = await _snapshots(config) if head is not None else None
     for feed in config.feeds:
         after = _epoch(config.after) if config.after else None
         if config.since_last:
@@ -166,14 +170,41 @@ async def plan(config: HarvestConfig, store: Store, *, write: bool = False) -> P
         if not config.force and head is not None:
             known = head.feed(feed).months
             months = [m for m in months_between(after, before) if m in known]
-            for current in (await manifest.read_partitions(feed, months)).values():
-                done = done | current.part.complete(fingerprint)
+            for read in (await manifest.read_partitions(feed, months)).values():
+                done = done | _done(read.part, fingerprint, current, feed)
             done = done & planned
         todo = shard_share(
             planned - done, feed=feed, shard=config.shard, feeds=config.feeds, step=step
         )
         feeds[feed] = FeedPlan(feed=feed, planned=planned, done=done, todo=todo)
     return Plan(step=step, shard=config.shard, feeds=feeds)
+
+
+async def _snapshots(config: HarvestConfig) -> dict[str, Ancestry] | None:
+    """For an Iceberg lake, each table's ancestry; None for the Hive layout."""
+    if config.table_format != "iceberg":
+        return None
+    from harvester.iceberg.sink import open_ancestries
+
+    return await open_ancestries(config) or {}
+
+
+def _done(
+    part: Partition, fingerprint: str, snapshots: dict[str, Ancestry] | None, feed: str
+) -> Spans:
+    """The windows of ``part`` complete with this query (and, in Iceberg, still current)."""
+    if snapshots is None:
+        return part.complete(fingerprint)
+    ancestry = snapshots.get(feed)
+    return Spans.of(
+        (w.start, w.end)
+        for w in part.windows.values()
+        if w.fingerprint == fingerprint
+        and (
+            w.snapshot is None
+            or (ancestry is not None and ancestry.is_current(w.snapshot, w.sequence or 0))
+        )
+    )
 
 
 def _check_grid(after: int, before: int, config: HarvestConfig) -> None:
@@ -285,9 +316,16 @@ class Harvest:
             leases = Leases(self.store, self.run_id, ttl=self.config.lease_ttl, sleep=self._sleep)
             staging = Staging(staging_root(self.store), leases.owner)
             folder = await staging.open()
+            sink = None
+            if self.config.table_format == "iceberg":
+                from harvester.iceberg.sink import IcebergSink
+
+                sink = IcebergSink(self.config, self.store, folder)
+                await sink.open()
             committer = Committer(
                 manifest=self.manifest,
                 writer=DayWriter(self.store, folder),
+                sink=sink,
                 leases=leases,
                 todo=todo,
                 step=self.step,

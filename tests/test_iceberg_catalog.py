@@ -168,14 +168,6 @@ def test_run_options_for_iceberg_are_validated() -> None:
             build_config({**base, **options}, env={})
 
 
-def test_iceberg_run_is_refused_until_it_is_wired(tmp_path: Path) -> None:
-    out = tmp_path / "lake"
-    args = ["run", "--after", "2024-01-01", "--before", "2024-01-02", "--out", str(out)]
-    result = cli([*args, "--table-format", "iceberg"])
-    assert result.returncode == 2 and "not available in run" in result.stderr
-    assert not out.exists()
-
-
 def test_a_hive_install_never_imports_pyiceberg() -> None:
     code = (
         "import sys, harvester.cli, harvester.orchestrator, harvester.config, harvester.ddl; "
