@@ -23,8 +23,6 @@ from harvester.iceberg.catalog import (
 )
 from harvester.iceberg.tables import ensure_table, iceberg_schema, load_table
 
-from cli import cli
-
 IO = "pyiceberg.io.pyarrow.PyArrowFileIO"
 
 
