@@ -151,6 +151,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     add("--lag", metavar="DURATION", help="with --before now: skip windows ending after now-lag")
     add(
+        "--lookback",
+        metavar="DURATION",
+        help="harvest again the complete windows ending within DURATION before --before "
+        "(records that arrived late); unchanged ones are not rewritten",
+    )
+    add(
         "--force",
         action="store_const",
         const=True,

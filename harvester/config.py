@@ -90,6 +90,7 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "since_last": (bool,),
     "force": (bool,),
     "lag": (str,),
+    "lookback": (str,),
     "max_span": (str,),
     "commit_every": (int, float),
     "lease_ttl": (int, float),
@@ -192,6 +193,8 @@ class HarvestConfig:
     shard: Shard = field(default_factory=Shard)
     since_last: bool = False
     force: bool = False
+    lookback: timedelta = timedelta(0)
+    """``--lookback``: complete windows ending this close to ``before`` are harvested again."""
     max_span: timedelta = field(default_factory=lambda: parse_lag(DEFAULTS["max_span"]))
     """The longest time one paged query may cover (``--max-span``)."""
     commit_every: float = DEFAULTS["commit_every"]
@@ -270,6 +273,7 @@ class HarvestConfig:
             "auth": self.auth,
             "shard": str(self.shard),
             "since_last": self.since_last,
+            "lookback": format_duration(self.lookback) if self.lookback else None,
             "table_format": self.table_format,
             **(
                 {"catalog": self.catalog, "namespace": self.namespace}
@@ -482,6 +486,7 @@ def build_config(
         shard=shard,
         since_last=since_last,
         force=bool(merged.get("force")),
+        lookback=parse_lag(str(merged.get("lookback") or "0m"), flag="--lookback"),
         max_span=parse_lag(str(merged["max_span"]), flag="--max-span"),
         commit_every=_float(merged, "commit_every"),
         lease_ttl=_float(merged, "lease_ttl"),

@@ -160,6 +160,12 @@ async def plan(config: HarvestConfig, store: Store, *, write: bool = False) -> P
             after = resumed
         assert after is not None
         before = _epoch(config.before)
+        again = Spans()
+        if config.lookback:
+            # Late records: complete windows ending within --lookback of before, again.
+            back = int(floor_to(config.before - config.lookback, config.window).timestamp())
+            again = Spans.one(back, before)
+            after = min(after, back)
         if after >= before:
             log.info("feed.up_to_date", feed=feed, until=format_api(_instant(after)))
             feeds[feed] = FeedPlan(feed=feed, planned=Spans(), done=Spans(), todo=Spans())
@@ -172,11 +178,11 @@ async def plan(config: HarvestConfig, store: Store, *, write: bool = False) -> P
             months = [m for m in months_between(after, before) if m in known]
             for read in (await manifest.read_partitions(feed, months)).values():
                 done = done | _done(read.part, fingerprint, current, feed)
-            done = done & planned
+            done = (done & planned) - again
         todo = shard_share(
             planned - done, feed=feed, shard=config.shard, feeds=config.feeds, step=step
         )
-        feeds[feed] = FeedPlan(feed=feed, planned=planned, done=done, todo=todo)
+        feeds[feed] = FeedPlan(feed=feed, planned=planned, done=done, todo=todo, again=again)
     return Plan(step=step, shard=config.shard, feeds=feeds)
 
 

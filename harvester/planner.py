@@ -67,6 +67,8 @@ class FeedPlan:
     """Planned windows already complete with this query (and not to be redone)."""
     todo: Spans
     """The shard's windows to harvest."""
+    again: Spans = field(default_factory=Spans)
+    """Complete windows harvested again for late records (``--lookback``), all shards."""
 
     @property
     def left(self) -> Spans:
@@ -102,6 +104,7 @@ def describe_plan(plan: Plan, *, max_span: int) -> dict[str, Any]:
             "windows": plan.count(fp.planned),
             "done": plan.count(fp.done & fp.planned),
             "todo": plan.count(fp.left),
+            "lookback": plan.count(fp.again & fp.planned),
             "first": format_api_epoch(fp.planned.first),
             "last": format_api_epoch(fp.planned.last),
         }
