@@ -169,6 +169,17 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "stretches use it, dense ones less",
     )
     add(
+        "--max-page-bytes",
+        metavar="BYTES",
+        help=f"largest response body read{_default('max_page_bytes')}; a bigger page is "
+        "asked for again with half the limit",
+    )
+    add(
+        "--page-budget",
+        metavar="BYTES",
+        help=f"bytes of pages in flight at most{_default('page_budget')}: bounds memory",
+    )
+    add(
         "--commit-every",
         metavar="S",
         help=f"seconds between group commits{_default('commit_every')}: a crash loses at "

@@ -12,13 +12,15 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any
 
 import aiohttp
 import orjson
+import pyarrow as pa
 
+from harvester import bigpage
 from harvester.config import API_KEY_ENV
 from harvester.counters import Counters
 from harvester.errors import (
@@ -26,6 +28,7 @@ from harvester.errors import (
     AuthError,
     BadResponse,
     ConnectionFailed,
+    PageTooLarge,
     RateLimited,
     ReadTimeout,
     RequestRejected,
@@ -33,6 +36,7 @@ from harvester.errors import (
 )
 from harvester.ratelimit import AdaptiveRateLimiter
 from harvester.retry import RetryPolicy, Sleep, call_with_retry
+from harvester.schemas import FEEDS
 from harvester.secret import Secret, guard_loggers, redact
 
 guard_loggers()
@@ -43,11 +47,70 @@ USER_AGENT = "threatgrid-harvester/0.1"
 
 @dataclass(frozen=True, kw_only=True)
 class Page:
-    """One page of a feed, as the server described it."""
+    """One page of a feed, as the server described it.
+
+    A small page holds its ``items``. A big one (see :mod:`harvester.bigpage`) holds its
+    rows already converted (``rows``, the first item alone as row 0) and only the items
+    paging needs: the first, every 50th and the last (``kept``), and their ``total``.
+    """
 
     index: int
     items_per_page: int
-    items: list[dict[str, Any]]
+    items: list[dict[str, Any]] = field(default_factory=list)
+    size: int = 0
+    """The body's size in bytes."""
+    rows: pa.Table | None = None
+    kept: tuple[dict[str, Any], ...] = ()
+    total: int = 0
+    skip: int = 0
+    """Leading items not handed on (the one pages overlap by)."""
+
+    @property
+    def count(self) -> int:
+        """Items on the page (less the ones skipped)."""
+        return (len(self.items) if self.rows is None else self.total) - self.skip
+
+    @property
+    def first(self) -> dict[str, Any] | None:
+        """The page's first item as sent (the newest), or None when it is empty."""
+        if self.rows is None:
+            return self.items[0] if self.items else None
+        return self.kept[0] if self.kept else None
+
+    @property
+    def last(self) -> dict[str, Any] | None:
+        """The page's last item (the oldest), or None when it is empty."""
+        if self.rows is None:
+            return self.items[-1] if self.items else None
+        return self.kept[-1] if self.kept else None
+
+    def fingerprint(self) -> int:
+        """A cheap identity of the page's content: its size, every 50th and its last item."""
+        sample = self.items[::50] if self.rows is None else list(self.kept[:-1])
+        return hash((self.count + self.skip, _dumps(sample), _dumps(self.last)))
+
+    def without_first(self) -> Page:
+        """The page less its first item (the one the page before ended with)."""
+        if self.rows is None:
+            return replace(self, items=self.items[1:])
+        return replace(self, skip=self.skip + 1)
+
+    def handed_items(self) -> list[dict[str, Any]]:
+        """The items to convert (small pages; big ones are converted already)."""
+        return self.items[self.skip :] if self.skip else self.items
+
+    def handed_rows(self) -> pa.Table | None:
+        """A big page's rows to keep (None for a small page)."""
+        if self.rows is None:
+            return None
+        return self.rows.slice(self.skip) if self.skip else self.rows
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # a lone surrogate, or an integer past 64 bits: still a fingerprint
+        return repr(value).encode("utf-8", "backslashreplace")
 
 
 class ApiClient:
@@ -63,6 +126,7 @@ class ApiClient:
         limiter: AdaptiveRateLimiter,
         policy: RetryPolicy,
         request_timeout: float,
+        max_page_bytes: int,
         counters: dict[str, Counters] | None = None,
         sleep: Sleep = asyncio.sleep,
         connector: aiohttp.BaseConnector | None = None,
@@ -74,6 +138,7 @@ class ApiClient:
         self.limiter = limiter
         self.policy = policy
         self._request_timeout = request_timeout
+        self._max_page_bytes = max_page_bytes
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
         self._sleep = sleep
         self._connector = connector
@@ -144,7 +209,7 @@ class ApiClient:
                     status = response.status
                     retry_after = response.headers.get("Retry-After")
                     content_type = response.headers.get("Content-Type", "")
-                    body = await response.read()
+                    body = await self._read_capped(response, url)
             except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
                 if answered:
                     raise ReadTimeout(
@@ -169,7 +234,29 @@ class ApiClient:
         self.limiter.on_success()
         if status != 200:
             raise _status_error(url, status, body)
+        if len(body) > bigpage.THRESHOLD:
+            # Decoded a slice at a time, off the event loop: a big page is seconds of work.
+            return await asyncio.to_thread(_parse_big_page, url, body, content_type, feed)
         return _parse_page(url, body, content_type)
+
+
+    async def _read_capped(self, response: aiohttp.ClientResponse, url: str) -> bytes:
+        """The body, but never more than ``--max-page-bytes`` of it (an endless one stops)."""
+        cap = self._max_page_bytes
+        length = response.content_length
+        if length is not None and length <= cap:
+            return await response.read()
+        buffer = bytearray()
+        if length is None:
+            async for chunk in response.content.iter_chunked(256 * 1024):
+                buffer += chunk
+                if len(buffer) > cap:
+                    break
+        if length is not None or len(buffer) > cap:
+            raise PageTooLarge(
+                f"GET {url}: the body is larger than --max-page-bytes ({cap:,} bytes)"
+            )
+        return bytes(buffer)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -212,6 +299,23 @@ def _loads(body: bytes) -> Any:
         return json.loads(body)
 
 
+def _parse_big_page(url: str, body: bytes, content_type: str, feed: str) -> Page:
+    try:
+        index, per_page, rows, kept, total = bigpage.decode(body, FEEDS[feed])
+    except bigpage.Refused:
+        return _parse_page(url, body, content_type)  # an odd body: decoded whole
+    except BadResponse as exc:
+        raise BadResponse(f"GET {url}: {exc}") from exc
+    return Page(
+        index=index,
+        items_per_page=per_page,
+        size=len(body),
+        rows=rows,
+        kept=tuple(kept),
+        total=total,
+    )
+
+
 def _parse_page(url: str, body: bytes, content_type: str) -> Page:
     try:
         document = _loads(body)
@@ -229,4 +333,4 @@ def _parse_page(url: str, body: bytes, content_type: str) -> Page:
     per_page = data.get("items_per_page")
     if type(index) is not int or type(per_page) is not int or per_page < 1:
         raise BadResponse(f"GET {url}: envelope lacks integer data.index/data.items_per_page")
-    return Page(index=index, items_per_page=per_page, items=items)
+    return Page(index=index, items_per_page=per_page, items=items, size=len(body))

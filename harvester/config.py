@@ -51,6 +51,8 @@ DEFAULTS: dict[str, Any] = {
     "namespace": "threatgrid",
     "s3_multipart_threshold": DEFAULT_MULTIPART_THRESHOLD,
     "max_span": "366d",
+    "max_page_bytes": 64 * 1024 * 1024,
+    "page_budget": 256 * 1024 * 1024,
     "commit_every": 30.0,
     "lease_ttl": 120.0,
 }
@@ -92,6 +94,8 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "lag": (str,),
     "lookback": (str,),
     "max_span": (str,),
+    "max_page_bytes": (int,),
+    "page_budget": (int,),
     "commit_every": (int, float),
     "lease_ttl": (int, float),
     "table_format": (str,),
@@ -197,6 +201,11 @@ class HarvestConfig:
     """``--lookback``: complete windows ending this close to ``before`` are harvested again."""
     max_span: timedelta = field(default_factory=lambda: parse_lag(DEFAULTS["max_span"]))
     """The longest time one paged query may cover (``--max-span``)."""
+    max_page_bytes: int = DEFAULTS["max_page_bytes"]
+    """The largest response body read (``--max-page-bytes``); a bigger page is asked again
+    with half the limit."""
+    page_budget: int = DEFAULTS["page_budget"]
+    """Bytes of pages in flight at most (``--page-budget``): bounds memory with big pages."""
     commit_every: float = DEFAULTS["commit_every"]
     """Seconds between group commits (``--commit-every``): crash loss against writes."""
     lease_ttl: float = DEFAULTS["lease_ttl"]
@@ -207,6 +216,10 @@ class HarvestConfig:
     namespace: str = DEFAULTS["namespace"]
 
     def __post_init__(self) -> None:
+        for name in ("max_page_bytes", "page_budget"):
+            if getattr(self, name) < 1024:
+                flag = name.replace("_", "-")
+                raise ConfigError(f"--{flag} {getattr(self, name)} is too small; use at least 1024")
         for name in ("limit", "concurrency", "prefetch", "attempts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} {getattr(self, name)} must be at least 1")
@@ -488,6 +501,8 @@ def build_config(
         force=bool(merged.get("force")),
         lookback=parse_lag(str(merged.get("lookback") or "0m"), flag="--lookback"),
         max_span=parse_lag(str(merged["max_span"]), flag="--max-span"),
+        max_page_bytes=_int(merged, "max_page_bytes") or 0,
+        page_budget=_int(merged, "page_budget") or 0,
         commit_every=_float(merged, "commit_every"),
         lease_ttl=_float(merged, "lease_ttl"),
         table_format=str(merged["table_format"]).strip().lower(),

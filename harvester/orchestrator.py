@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 import structlog
 
 from harvester import report
+from harvester.budget import PageBudget
 from harvester.client import ApiClient, Page
 from harvester.committer import Committer
 from harvester.config import HarvestConfig
@@ -41,6 +42,7 @@ from harvester.errors import (
     ConnectionFailed,
     DataError,
     HarvesterError,
+    PageTooLarge,
     PagingError,
     RequestRejected,
     Shifted,
@@ -252,6 +254,7 @@ class Harvest:
         self.result = RunResult(run_id=self.run_id, feeds={f: FeedSummary() for f in config.feeds})
         self.manifest = Manifest(store, sleep=sleep)
         self._held: dict[str, Spans] = {}
+        self._budget = PageBudget(limit=config.page_budget)
 
     def snapshot(self) -> dict[str, FeedSummary]:
         """Live per-feed totals, request counters included (for a progress display)."""
@@ -414,6 +417,7 @@ class Harvest:
             limiter=limiter,
             policy=policy,
             request_timeout=config.request_timeout,
+            max_page_bytes=config.max_page_bytes,
             counters={feed: s.counters for feed, s in self.result.feeds.items()},
             sleep=self._sleep,
         )
@@ -445,7 +449,7 @@ class Harvest:
                 f"the API rejects this query ({exc}); check --filter, --sample, --ioc and "
                 "the other query flags"
             ) from exc
-        except TransientError as exc:
+        except (TransientError, PageTooLarge) as exc:
             # The API answered: it is reachable and took the key. Let the spans
             # themselves retry and, if they must, fail on their own.
             log.warning("preflight.failed", feed=span.feed, error=type(exc).__name__)
@@ -555,17 +559,30 @@ class Harvest:
 
             async def fetch(offset: int, limit: int) -> Page:
                 params = {**query, "limit": str(limit), "offset": str(offset)}
-                return await client.fetch_page(span.feed, params)
+                booking = await self._budget.reserve(span.feed)
+                try:
+                    page = await client.fetch_page(span.feed, params)
+                except BaseException:
+                    self._budget.release(booking)
+                    raise
+                self._budget.settle(span.feed, booking, page.size)
+                self._budget.hold_until_gone(page, booking)
+                return page
 
             async def on_page(page: Page, spool: Spool = spool) -> None:
                 nonlocal first
                 # Inline, not in a thread: the conversion holds the GIL throughout.
-                try:
-                    table = items_to_table(feed, page.items)
-                except DataError:
-                    # The second asked for before the span belongs to the window before
-                    # it: a record there that cannot be stored is that window's failure.
-                    table = items_to_table(feed, [i for i in page.items if _inside(i, span)])
+                rows = page.handed_rows()
+                if rows is not None:
+                    table = rows  # a big page, converted as it was decoded
+                else:
+                    items = page.handed_items()
+                    try:
+                        table = items_to_table(feed, items)
+                    except DataError:
+                        # The second asked for before the span belongs to the window
+                        # before it: a record there that cannot be stored is its failure.
+                        table = items_to_table(feed, [i for i in items if _inside(i, span)])
                 if first:
                     first = False
                     self._probe(span, page, table, queue)
@@ -603,12 +620,12 @@ class Harvest:
     def _probe(self, span: Span, page: Page, table: Any, queue: SpanQueue) -> None:
         """The first page of a span: learn the page size, and the density if it is full."""
         queue.learn(span.feed, density=queue.density(span.feed) or 0.0, page=page.items_per_page)
-        if len(page.items) < page.items_per_page or span.windows(self.step) < 2:
+        if page.count < page.items_per_page or span.windows(self.step) < 2:
             return
         oldest = pc.min(days.seconds(table)).as_py()
         if oldest is None or oldest <= span.start or oldest >= span.end:
             return  # odd stamps: cannot tell
-        density = len(page.items) / (span.end - oldest)
+        density = page.count / (span.end - oldest)
         if too_dense(span, density=density, page=page.items_per_page):
             raise Resize(density, page.items_per_page)
 
@@ -683,8 +700,8 @@ def covered_share(page: Page, span: Span) -> float | None:
     ahead as deep as it may).
     """
     try:
-        newest = int(parse_api(page.items[0]["timestamp"]).timestamp())
-        oldest = int(parse_api(page.items[-1]["timestamp"]).timestamp())
+        newest = int(parse_api(page.first["timestamp"]).timestamp())  # type: ignore[index]
+        oldest = int(parse_api(page.last["timestamp"]).timestamp())  # type: ignore[index]
     except (IndexError, KeyError, TypeError, ValueError):
         return None
     if not span.start <= oldest <= newest < span.end:

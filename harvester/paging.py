@@ -31,10 +31,8 @@ import asyncio
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
-
-import orjson
 
 from harvester.client import Page
 from harvester.errors import PageTooLarge, PagingError, Shifted
@@ -103,41 +101,40 @@ async def page_through(
                 f"asked for offset {offset}, the server answered index {page.index}; "
                 "it does not page as documented"
             )
-        if len(page.items) > page.items_per_page:
+        if page.count > page.items_per_page:
             raise PagingError(
-                f"page at offset {offset} holds {len(page.items)} items, more than its "
+                f"page at offset {offset} holds {page.count} items, more than its "
                 f"items_per_page {page.items_per_page}"
             )
-        if page.items:
-            fingerprint = _fingerprint(page.items)
+        if page.count:
+            fingerprint = page.fingerprint()
             if fingerprint in seen:
                 raise PagingError(
                     f"the server returned the same page at offsets {seen[fingerprint]} and "
                     f"{offset}; stopping instead of looping"
                 )
             seen[fingerprint] = offset
-        items = page.items
+        handed = page
         if overlap:
-            if not items or items[0] != last:
+            if not page.count or page.first != last:
                 raise Shifted(
                     f"the item at offset {offset} is not the one the page before ended "
                     "with: records were added or removed while paging"
                 )
-            items = items[1:]
-        if page.items:
-            last = page.items[-1]
-        if items:
+            handed = page.without_first()
+        if page.count:
+            last = page.last
+        if handed.count:
             result.pages += 1
-            result.items += len(items)
-            handed = replace(page, items=items)
+            result.items += handed.count
             share = covered(handed) if covered else None
             await on_page(handed)
 
     first = await get(0)
     await accept(first, 0, overlap=False)
     size = first.items_per_page
-    offset = len(first.items)  # the first offset not yet handed on
-    if len(first.items) < size:
+    offset = first.count  # the first offset not yet handed on
+    if first.count < size:
         return result
 
     while True:
@@ -154,32 +151,15 @@ async def page_through(
                 at, task = pending.popleft()
                 page = await task
                 await accept(page, at, overlap=bool(back))
-                offset = at + len(page.items)
+                offset = at + page.count
                 if page.items_per_page != size:
                     size = page.items_per_page  # offsets ahead were computed with the old size
-                    if len(page.items) < size:
+                    if page.count < size:
                         return result
                     break
-                if len(page.items) < size:
+                if page.count < size:
                     return result
         finally:
             for _, task in pending:
                 task.cancel()
             await asyncio.gather(*(task for _, task in pending), return_exceptions=True)
-
-
-def _fingerprint(items: list[dict[str, Any]]) -> int:
-    """A cheap identity of a page's content: its length and every 50th item.
-
-    A server that ignores ``offset`` repeats pages exactly, which this catches; two
-    honest pages agree on all of it only if they hold the same records in the same
-    places, which real feeds do not.
-    """
-    return hash((len(items), _dumps(items[::50]), _dumps(items[-1])))
-
-
-def _dumps(value: Any) -> bytes:
-    try:
-        return orjson.dumps(value)
-    except TypeError:  # a lone surrogate, or an integer past 64 bits: still a fingerprint
-        return repr(value).encode("utf-8", "backslashreplace")
