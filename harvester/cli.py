@@ -163,6 +163,13 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="harvest complete windows again too (to pick up late records); files are replaced",
     )
     add(
+        "--repair",
+        action="store_const",
+        const=True,
+        help="verify the lake first: windows whose files are missing or damaged are harvested "
+        "again (see harvester verify)",
+    )
+    add(
         "--max-span",
         metavar="DURATION",
         help=f"longest time one paged query covers{_default('max_span')}; sparse "
@@ -248,6 +255,14 @@ EXPORT_EXAMPLES = """examples:
   harvester export --out s3://bucket/tg --format misp --to s3://bucket/misp-feed
   harvester export --out ./lake --format csv --types ip,url --to indicators.csv
 """
+VERIFY_EXAMPLES = """examples:
+  harvester verify --out ./lake
+  harvester verify --out s3://bucket/tg --deep --json
+  harvester verify --out ./lake --repair && harvester run --config job.toml
+
+Exit 0 when the lake holds what its manifest says, 1 when something is damaged (with
+--repair: the damaged windows are made incomplete, so the next run harvests them again).
+"""
 DDL_EXAMPLES = """examples:
   harvester ddl --out s3://bucket/tg --engine athena --database threatgrid > tables.sql
   harvester ddl --out ./lake --engine duckdb | duckdb lake.duckdb
@@ -293,6 +308,25 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--s3-endpoint-url", metavar="URL")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     _add_common(status)
+    verify = _sub(
+        sub,
+        "verify",
+        "check that every recorded data file is there, whole; optionally repair",
+        VERIFY_EXAMPLES,
+    )
+    verify.add_argument("--out", required=True, metavar="DIR|s3://BUCKET/PREFIX")
+    verify.add_argument("--feeds", metavar="all|ips,domains,...", default="all")
+    verify.add_argument(
+        "--deep", action="store_true", help="also read every file's footer and row count"
+    )
+    verify.add_argument(
+        "--repair",
+        action="store_true",
+        help="make damaged windows incomplete and delete unrecorded files",
+    )
+    verify.add_argument("--s3-endpoint-url", metavar="URL")
+    verify.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_common(verify)
     ddl = _sub(sub, "ddl", "print CREATE statements for Athena or DuckDB", DDL_EXAMPLES)
     ddl.add_argument("--out", required=True, metavar="DIR|s3://BUCKET/PREFIX")
     ddl.add_argument("--engine", required=True, choices=("athena", "duckdb"))
@@ -551,6 +585,54 @@ def command_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_verify(args: argparse.Namespace) -> int:
+    """``harvester verify``: the lake against its manifest (see :mod:`harvester.verify`)."""
+    from harvester.config import parse_feeds
+    from harvester.verify import verify
+
+    feeds = parse_feeds(args.feeds)
+    store = open_store(args.out, s3_endpoint_url=args.s3_endpoint_url)
+
+    async def go() -> Any:
+        try:
+            return await verify(store, feeds=feeds, deep=args.deep, repair=args.repair)
+        finally:
+            await store.close()
+
+    report = asyncio.run(go())
+    if args.json:
+        view = {"ok": report.ok, "feeds": {f: c.to_json() for f, c in report.feeds.items()}}
+        print(orjson.dumps(view, option=orjson.OPT_INDENT_2).decode())
+    else:
+        rows = [
+            (
+                feed,
+                c.files,
+                len(c.missing),
+                len(c.wrong_size) + len(c.bad_footer) + len(c.wrong_rows),
+                len(c.unrecorded),
+                len(c.damaged_partitions),
+                c.windows_lost,
+                "yes" if c.repaired else "-",
+            )
+            for feed, c in report.feeds.items()
+        ]
+        headers = ["feed", "files", "missing", "damaged", "unrecorded", "bad manifest"]
+        print_table([*headers, "windows lost", "repaired"], rows)
+    if report.ok:
+        return 0
+    repaired = all(c.repaired for c in report.feeds.values() if not c.ok)
+    _say(
+        "the lake is damaged (see above); "
+        + (
+            "the damaged windows are now incomplete: run the same harvest again to refill them"
+            if repaired
+            else "run `harvester verify --repair`, then the same harvest again"
+        )
+    )
+    return 1
+
+
 def command_ddl(args: argparse.Namespace) -> int:
     """``harvester ddl``: CREATE statements for the lake's tables."""
     if args.table_format == "iceberg":
@@ -762,6 +844,7 @@ COMMANDS = {
     "status": command_status,
     "ddl": command_ddl,
     "catalog": command_catalog,
+    "verify": command_verify,
     "maintain": command_maintain,
     "indicators": command_indicators,
     "export": command_export,

@@ -91,6 +91,7 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "shards": (int,),
     "since_last": (bool,),
     "force": (bool,),
+    "repair": (bool,),
     "lag": (str,),
     "lookback": (str,),
     "max_span": (str,),
@@ -197,6 +198,8 @@ class HarvestConfig:
     shard: Shard = field(default_factory=Shard)
     since_last: bool = False
     force: bool = False
+    repair: bool = False
+    """``--repair``: verify the lake first and make damaged windows incomplete."""
     lookback: timedelta = timedelta(0)
     """``--lookback``: complete windows ending this close to ``before`` are harvested again."""
     max_span: timedelta = field(default_factory=lambda: parse_lag(DEFAULTS["max_span"]))
@@ -499,6 +502,7 @@ def build_config(
         shard=shard,
         since_last=since_last,
         force=bool(merged.get("force")),
+        repair=bool(merged.get("repair")),
         lookback=parse_lag(str(merged.get("lookback") or "0m"), flag="--lookback"),
         max_span=parse_lag(str(merged["max_span"]), flag="--max-span"),
         max_page_bytes=_int(merged, "max_page_bytes") or 0,

@@ -267,7 +267,15 @@ class Harvest:
             task.cancel()
 
     async def execute(self) -> RunResult:
-        """Plan from the lake's manifest (migrating an old lake), then harvest what is left."""
+        """Plan from the lake's manifest (migrating an old lake), then harvest what is left.
+
+        With ``--repair``, the lake is verified first: windows whose files are missing or
+        damaged become incomplete, so this very run harvests them again.
+        """
+        if self.config.repair and self.config.table_format == "hive":
+            from harvester.verify import verify
+
+            await verify(self.store, feeds=self.config.feeds, repair=True, run_id=self.run_id)
         return await self.run(await plan(self.config, self.store, write=True))
 
     async def run(self, the_plan: Plan) -> RunResult:

@@ -29,7 +29,7 @@ from harvester.manifest.io import Manifest
 from harvester.manifest.model import FeedState, Head
 from harvester.planner import shard_of
 from harvester.schemas import FEEDS
-from harvester.storage import Store
+from harvester.storage import ABSENT, Store
 from harvester.windows import format_api
 
 DAY = 86_400
@@ -38,12 +38,22 @@ DAY = 86_400
 async def collect_status(store: Store) -> dict[str, Any]:
     """Read the manifest head and summarise it."""
     manifest = Manifest(store)
-    head, _ = await manifest.read_head()
-    if head is None:
+    head, expect = await manifest.read_head()
+    damaged = head is None and expect is not ABSENT
+    if damaged:
+        # Rebuilt in memory from the partitions (the next run writes it back).
+        head = Head(table_format="hive", window=86_400)
+        for current in await manifest.all_partitions():
+            if current.version is not None:
+                head = head.with_partition(current.part, current.version)
+    elif head is None:
         keys = await legacy.legacy_keys(store)
         if keys:
             head, _ = await legacy.build(store, keys, table_format="hive")
-    return build_status(head, lake=store.url())
+    status = build_status(head, lake=store.url())
+    if damaged:
+        status["head_damaged"] = True
+    return status
 
 
 def _iso(epoch: int | None) -> str | None:
@@ -222,6 +232,13 @@ def render_status(status: Mapping[str, Any]) -> str:
             "Shards:",
             *_table(["shard", "windows", "rows", "last run"], table, right={1, 2}, indent=2),
         ]
+    damaged = [
+        [feed, _verify_cell(view["verify"])]
+        for feed, view in feeds.items()
+        if view.get("verify") is not None
+    ]
+    if damaged:
+        lines += ["", "Last verify:", *_table(["feed", "found"], damaged, indent=2)]
     failures = [
         [feed, f["window"], _one_line(f"{f['error']}: {f['reason']}")]
         for feed, view in feeds.items()
@@ -261,6 +278,19 @@ def _run_view(run: Mapping[str, Any]) -> dict[str, Any]:
         "interrupted": bool(run.get("interrupted")),
         "failures": failures if isinstance(failures, int) else len(failures),
     }
+
+
+def _verify_cell(found: Mapping[str, Any]) -> str:
+    at = datetime.fromtimestamp(int(found.get("at", 0)), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if found.get("ok"):
+        return f"{at}: ok, {found.get('files', 0):,} files"
+    parts = [
+        f"{len(found.get(k, []))} {k.replace('_', ' ')}"
+        for k in ("missing", "wrong_size", "bad_footer", "wrong_rows", "unrecorded")
+        if found.get(k)
+    ]
+    repaired = "repaired" if found.get("repaired") else "not repaired"
+    return f"{at}: {', '.join(parts) or 'damaged manifest'} ({repaired})"
 
 
 def _one_line(text: str, limit: int = 120) -> str:
