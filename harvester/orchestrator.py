@@ -55,7 +55,7 @@ from harvester.lake.writer import DayWriter
 from harvester.leases import Leases
 from harvester.manifest import legacy
 from harvester.manifest.io import Manifest
-from harvester.manifest.model import Head, month_domain, months_between
+from harvester.manifest.model import Head, MonthSummary, Partition, month_domain, months_between
 from harvester.paging import page_through
 from harvester.planner import FeedPlan, Plan, shard_share, windows_in
 from harvester.ratelimit import AdaptiveRateLimiter
@@ -143,6 +143,7 @@ async def plan(config: HarvestConfig, store: Store, *, write: bool = False) -> P
     step = int(config.window.total_seconds())
     fingerprint = config.query.fingerprint
     feeds: dict[str, FeedPlan] = {}
+    stale: list[tuple[Partition, str, MonthSummary]] = []
     for feed in config.feeds:
         after = _epoch(config.after) if config.after else None
         if config.since_last:
@@ -165,14 +166,37 @@ async def plan(config: HarvestConfig, store: Store, *, write: bool = False) -> P
         if not config.force and head is not None:
             known = head.feed(feed).months
             months = [m for m in months_between(after, before) if m in known]
-            for current in (await manifest.read_partitions(feed, months)).values():
+            for month, current in (await manifest.read_partitions(feed, months)).items():
                 done = done | current.part.complete(fingerprint)
+                if current.version not in (None, known[month].version):
+                    stale.append((current.part, current.version, known[month]))
             done = done & planned
         todo = shard_share(
             planned - done, feed=feed, shard=config.shard, feeds=config.feeds, step=step
         )
         feeds[feed] = FeedPlan(feed=feed, planned=planned, done=done, todo=todo)
+    if stale and write:
+        await _heal_head(manifest, stale)
     return Plan(step=step, shard=config.shard, feeds=feeds)
+
+
+async def _heal_head(manifest: Manifest, stale: list[tuple[Partition, str, MonthSummary]]) -> None:
+    """Catch the head up with partitions written after it (a run killed in between).
+
+    A run with nothing left to do commits nothing, so without this the head -- what
+    ``status`` and ``--since-last`` read -- would stay behind. A month the head has
+    changed since it was read is left alone: its writer recorded it.
+    """
+
+    def change(head: Head | None) -> Head:
+        assert head is not None
+        for part, version, seen in stale:
+            if head.feed(part.feed).months.get(part.month) == seen:
+                head = head.with_partition(part, version)
+        return head
+
+    log.warning("manifest.head_healed", months=len(stale))
+    await manifest.update_head(change)
 
 
 def _check_grid(after: int, before: int, config: HarvestConfig) -> None:
