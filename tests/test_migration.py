@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from harvester.manifest import legacy
 from harvester.manifest.io import Manifest
 from harvester.manifest.model import Partition
 from harvester.sim.data import DatasetSpec
@@ -1098,3 +1099,48 @@ def test_a_fold_killed_half_way_is_finished_by_the_next_run(
     assert_recorded_once(lake)
     view = status(lake)["feeds"]["ips"]
     assert expand(view["complete"]) == {date(2024, 1, d) for d in (1, 2, 3)}
+
+
+@pytest.mark.slow
+def test_a_slower_migration_never_undoes_a_faster_runs_commits(
+    v1: Version1, tmp_path: Path, servers: Any
+) -> None:
+    """Two runs migrate one v1 lake at once (shards starting together); one commits first.
+
+    The slower run read the v1 manifest before the faster one deleted it, and writes its
+    partitions after the faster one migrated, folded a day and recorded it. It must not
+    put the day's deleted v1 files back on record: the next write of that day would
+    find them missing and fail, on every run.
+    """
+    good, bad = servers
+    lake = Lake(str(tmp_path / "lake"))
+    write_v1_lake(v1, lake, good, bad)
+
+    async def read_v1() -> tuple[Any, Any]:
+        store = open_store(lake.url)
+        try:
+            keys = await legacy.legacy_keys(store)
+            return await legacy.build(store, keys, table_format="hive")
+        finally:
+            await store.close()
+
+    slow_head, slow_parts = asyncio.run(read_v1())
+    fast = v2(run_args(lake.url, good.url, "2024-01-02", "2024-01-03", "--force"))
+    assert fast.returncode == 0, fast.stderr[-3000:]
+    folded = day_files(lake)[("ips", "2024-01-02")]
+    assert folded == ["ips/dt=2024-01-02/part-20240102T000000Z.parquet"]
+
+    async def finish_slow_migration() -> None:
+        store = open_store(lake.url)
+        try:
+            await legacy.install(Manifest(store), slow_head, slow_parts)
+        finally:
+            await store.close()
+
+    asyncio.run(finish_slow_migration())
+    assert_migrated(lake)
+    assert_recorded_once(lake)
+    again = v2(run_args(lake.url, good.url, "2024-01-01", "2024-01-04T12:00:00Z", "--force"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert_lake_exact(lake.url, truth(good, "2024-01-01", "2024-01-04T12:00:00Z"))
+    assert_recorded_once(lake)
