@@ -166,6 +166,12 @@ async def plan(config: HarvestConfig, store: Store, *, write: bool = False) -> P
         if not config.force and head is not None:
             known = head.feed(feed).months
             months = [m for m in months_between(after, before) if m in known]
+            # A version 1 lake planned without migrating: its head and partitions are in
+            # memory only (no version), and the head's complete windows are theirs.
+            held = [m for m in months if not known[m].version]
+            complete = head.feed(feed).complete.get(fingerprint, Spans())
+            done = complete & Spans.of(month_domain(m, step) for m in held)
+            months = [m for m in months if known[m].version]
             for month, current in (await manifest.read_partitions(feed, months)).items():
                 done = done | current.part.complete(fingerprint)
                 if current.version not in (None, known[month].version):
