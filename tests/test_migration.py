@@ -577,7 +577,7 @@ def test_plain_run_migrates_a_v1_lake_on_s3(
 def test_status_reads_a_v1_lake_and_writes_nothing(
     v1: Version1, tmp_path: Path, servers: Any
 ) -> None:
-    """``status`` on a v1 lake: the complete days and failures v1 recorded; no byte changes."""
+    """``status`` (and ``plan``) on a v1 lake: what v1 recorded, and no byte changed."""
     good, bad = servers
     lake = Lake(str(tmp_path / "lake"))
     write_v1_lake(v1, lake, good, bad)
@@ -589,6 +589,11 @@ def test_status_reads_a_v1_lake_and_writes_nothing(
     view = status(lake)
     text = v2(["status", "--out", lake.url])
     assert text.returncode == 0, text.stderr
+    # plan reads it the same way: what version 1 completed is done
+    args = run_args(lake.url, good.url, "2024-01-01", "2024-01-05", "--json")
+    planned = v2(["plan", *[a for a in args[1:] if a != "--no-progress"]])
+    assert planned.returncode == 0, planned.stderr
+    plan_feeds = json.loads(planned.stdout)["feeds"]
 
     assert lake.digests() == before
     assert {p: p.stat().st_mtime_ns for p in Path(lake.url).rglob("*")} == stamps
@@ -598,6 +603,8 @@ def test_status_reads_a_v1_lake_and_writes_nothing(
         assert expand(got["complete"]) == full_days(complete[feed]), feed
         assert got["windows"] == len(complete[feed])
         assert got["rows"] == len(recorded_truth(good, complete)[feed])
+        assert plan_feeds[feed]["done"] == len(complete[feed]), feed
+        assert plan_feeds[feed]["todo"] == 4 * 24 - len(complete[feed]), feed
         assert status_failed(got) == failed.get(feed, set()) - complete[feed], feed
         # mid-day 2024-01-04 is partly complete: neither complete nor missing
         assert "2024-01-04" in got["partial"], got
