@@ -17,6 +17,7 @@ so a reader may briefly miss that day's rows -- never see them twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import io
@@ -431,24 +432,17 @@ class Requests:
             out.append((feed, after + 1, before))
         return out
 
-    def clear(self) -> None:
-        self.proxy.stats.headers.clear()
-
 
 @pytest.fixture
 def recorder() -> Iterator[Callable[[str], Requests]]:
     """``recorder(sim_url)``: a proxy that forwards to the simulator and records requests."""
-    proxies: list[FaultProxy] = []
+    with contextlib.ExitStack() as stack:
 
-    def make(upstream: str) -> Requests:
-        proxy = FaultProxy(upstream, rate=0.0, match=lambda _m, p: "/iocs/feeds/" in p)
-        proxy.__enter__()
-        proxies.append(proxy)
-        return Requests(proxy)
+        def make(upstream: str) -> Requests:
+            proxy = FaultProxy(upstream, rate=0.0, match=lambda _m, p: "/iocs/feeds/" in p)
+            return Requests(stack.enter_context(proxy))
 
-    yield make
-    for proxy in proxies:
-        proxy.__exit__()
+        yield make
 
 
 def assert_no_request_for(requests: Requests, complete: dict[str, set[int]]) -> None:
