@@ -293,6 +293,10 @@ class Committer:
             # The old per-window files of these days are about to be deleted and folded
             # into one file: first make their windows incomplete, so a crash in between
             # means they are harvested again, never that the manifest points at nothing.
+            # The files stay recorded (holding no complete window) until the fold records
+            # the new file: a run killed after deleting only some of them leaves the rest
+            # visible, and the next write of the day must fold those too, not add a
+            # file beside them (a reader would see their rows twice).
             dropped_windows = [
                 w
                 for d in legacy_days
@@ -300,11 +304,10 @@ class Committer:
                 for low, high in f.windows
                 for w in range(low, high, self.step)
             ]
-            dropped_files = [f.key for d in legacy_days for f in part.day_files(str(d))]
             current = await self.manifest.update_partition(
                 feed,
                 month,
-                lambda p: p.with_changes(drop_windows=dropped_windows, drop_files=dropped_files),
+                lambda p: p.with_changes(drop_windows=dropped_windows),
                 token=token,
             )
             # ... and the head, before any file goes: a nightly run resumes from the

@@ -58,7 +58,7 @@ from harvester.lake.writer import DayWriter
 from harvester.leases import Leases
 from harvester.manifest import legacy
 from harvester.manifest.io import Manifest
-from harvester.manifest.model import Head, Partition, month_domain, months_between
+from harvester.manifest.model import Head, MonthSummary, Partition, month_domain, months_between
 from harvester.paging import page_through
 from harvester.planner import FeedPlan, Plan, shard_share, windows_in
 from harvester.ratelimit import AdaptiveRateLimiter
@@ -150,6 +150,7 @@ async def plan(config: HarvestConfig, store: Store, *, write: bool = False) -> P
     fingerprint = config.query.fingerprint
     feeds: dict[str, FeedPlan] = {}
     current = await _snapshots(config) if head is not None else None
+    stale: list[tuple[Partition, str, MonthSummary]] = []
     for feed in config.feeds:
         after = _epoch(config.after) if config.after else None
         if config.since_last:
@@ -178,13 +179,23 @@ async def plan(config: HarvestConfig, store: Store, *, write: bool = False) -> P
         if not config.force and head is not None:
             known = head.feed(feed).months
             months = [m for m in months_between(after, before) if m in known]
-            for read in (await manifest.read_partitions(feed, months)).values():
+            # A version 1 lake planned without migrating: its head and partitions are in
+            # memory only (no version), and the head's complete windows are theirs.
+            held = [m for m in months if not known[m].version]
+            complete = head.feed(feed).complete.get(fingerprint, Spans())
+            done = complete & Spans.of(month_domain(m, step) for m in held)
+            months = [m for m in months if known[m].version]
+            for month, read in (await manifest.read_partitions(feed, months)).items():
                 done = done | _done(read.part, fingerprint, current, feed)
+                if read.version not in (None, known[month].version):
+                    stale.append((read.part, read.version, known[month]))
             done = (done & planned) - again
         todo = shard_share(
             planned - done, feed=feed, shard=config.shard, feeds=config.feeds, step=step
         )
         feeds[feed] = FeedPlan(feed=feed, planned=planned, done=done, todo=todo, again=again)
+    if stale and write:
+        await _heal_head(manifest, stale)
     return Plan(step=step, shard=config.shard, feeds=feeds)
 
 
@@ -213,6 +224,25 @@ def _done(
             or (ancestry is not None and ancestry.is_current(w.snapshot, w.sequence or 0))
         )
     )
+
+
+async def _heal_head(manifest: Manifest, stale: list[tuple[Partition, str, MonthSummary]]) -> None:
+    """Catch the head up with partitions written after it (a run killed in between).
+
+    A run with nothing left to do commits nothing, so without this the head -- what
+    ``status`` and ``--since-last`` read -- would stay behind. A month the head has
+    changed since it was read is left alone: its writer recorded it.
+    """
+
+    def change(head: Head | None) -> Head:
+        assert head is not None
+        for part, version, seen in stale:
+            if head.feed(part.feed).months.get(part.month) == seen:
+                head = head.with_partition(part, version)
+        return head
+
+    log.warning("manifest.head_healed", months=len(stale))
+    await manifest.update_head(change)
 
 
 def _check_grid(after: int, before: int, config: HarvestConfig) -> None:

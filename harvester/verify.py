@@ -30,6 +30,8 @@ import pyarrow.parquet as pq
 import structlog
 
 from harvester.errors import Conflict, StorageError
+from harvester.intervals import Spans
+from harvester.lake.layout import is_legacy
 from harvester.leases import Leases
 from harvester.manifest.io import PARTITION, Manifest, Versioned, partition_key
 from harvester.manifest.model import FileRecord, Head, Partition
@@ -148,9 +150,12 @@ async def _check_feed(
     for month, current in parts.items():
         if current.damaged is not None:
             check.damaged_partitions.append(partition_key(feed, month))
+        complete = current.part.complete()
         for record in current.part.files.values():
             recorded.add(record.key)
             check.files += 1
+            if record.key not in listed and _folding(record, complete):
+                continue
             _compare(record, listed.get(record.key), check)
     if deep:
         await _deep(store, [parts[m].part for m in parts], listed, check)
@@ -169,6 +174,15 @@ async def _months_on_disk(store: Store, feed: str) -> list[str]:
     """The partitions of ``feed`` when the head lists none (a damaged or rebuilt head)."""
     found = [m for i in await store.list(f"_manifest/{feed}/") if (m := PARTITION.match(i.key))]
     return [m["month"] for m in found]
+
+
+def _folding(record: FileRecord, complete: Spans) -> bool:
+    """True for a version 1 file a killed fold deleted: none of its windows is complete.
+
+    The fold made its windows incomplete before deleting anything, and the next write of
+    the day folds what is left; nothing recorded as complete is lost.
+    """
+    return is_legacy(record.key) and not (record.windows & complete)
 
 
 def _compare(record: FileRecord, found: ObjectInfo | None, check: FeedCheck) -> None:

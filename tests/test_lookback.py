@@ -75,7 +75,7 @@ def test_late_records_are_picked_up_counted_and_a_quiet_night_rewrites_nothing(
     assert sum(s.counters.requests for s in third.feeds.values()) > 0  # it did look
     assert files(tmp_path) == before  # but wrote no file and no partition
 
-    report = json.loads(sorted((tmp_path / "_runs").glob("*.json"))[1].read_text())
+    report = json.loads((tmp_path / "_runs" / f"{second.run_id}.json").read_text())
     assert report["parameters"]["lookback"] == "3d"
     assert report["feeds"]["ips"]["late"] == 7
 

@@ -15,8 +15,10 @@ row of the day as it was:
   nothing.
 * **A day of a version 1 lake** (one file per window): its rows are copied aside, the old
   files are deleted, and one main file is written. The caller has first marked those
-  windows incomplete in the manifest, so a crash in between means they are harvested
-  again: a reader may briefly miss that day's rows, never see them twice.
+  windows incomplete in the manifest (the old files stay recorded until the new one
+  is), so a crash in between means they are harvested again and the day folded again;
+  a recorded old file that is gone by then was deleted by the crashed run, and holds
+  nothing complete. A reader may briefly miss that day's rows, never see them twice.
 
 A file the manifest does not know (left by a run killed after writing it and before
 recording it) is found when a write on condition "absent" fails: the folder is listed,
@@ -199,7 +201,12 @@ class DayWriter:
         try:
             versions = {}
             for record in job.files:
-                table, versions[record.key] = await self._read(record)
+                read = await self._read_if_there(record)
+                if read is None and not _unclaimed(record, job):
+                    raise self._missing(record)
+                if read is None:
+                    continue  # deleted by a fold that was killed: nothing of it is complete
+                table, versions[record.key] = read
                 kept.append(days.select(table, Spans.one(0, 2**62) - job.replaced))
             kept.close()
             main = main_key(job.feed.name, job.day)
@@ -207,7 +214,7 @@ class DayWriter:
             for record in job.files:
                 if record.key == main:
                     expect_main = versions[record.key]
-                else:
+                elif record.key in versions:
                     await self.store.delete(record.key, expect=versions[record.key])
             result = await self._fresh(
                 job, kept=kept, expect_main=expect_main, dropped=[f.key for f in job.files]
@@ -272,15 +279,36 @@ class DayWriter:
 
     async def _read(self, record: FileRecord) -> tuple[pa.Table, str]:
         """A recorded file's rows and the version they were read at."""
+        read = await self._read_if_there(record)
+        if read is None:
+            raise self._missing(record)
+        return read
+
+    def _missing(self, record: FileRecord) -> StorageError:
+        return StorageError(
+            f"{self.store.url(record.key)} is missing although the manifest records "
+            "it; run `harvester verify --repair`"
+        )
+
+    async def _read_if_there(self, record: FileRecord) -> tuple[pa.Table, str] | None:
+        """Like :meth:`_read`, but None when the file is gone."""
         async with self.store.fetch(record.key) as found:
             if found is None:
-                raise StorageError(
-                    f"{self.store.url(record.key)} is missing although the manifest records "
-                    "it; run `harvester verify --repair`"
-                )
+                return None
             path, info = found
             table = await asyncio.to_thread(_read_parquet, path, record.key)
             return table.cast(self._schema(record)), info.version
+
+
+def _unclaimed(record: FileRecord, job: DayJob) -> bool:
+    """True for a version 1 file none of whose windows the manifest holds complete.
+
+    Such a file was marked for folding by a run that may have deleted it before it was
+    killed; if it is gone, nothing recorded is lost.
+    """
+    return is_legacy(record.key) and not any(
+        s in job.previous for s, _ in _windows(record.windows, job.step)
+    )
 
 
 def _key(job: DayJob, first: int) -> str:

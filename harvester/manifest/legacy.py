@@ -15,9 +15,11 @@ every run read every object. The first run of this version on such a lake migrat
 
 A crash before 4 leaves the lake at version 1, and the next run migrates again (every
 write is idempotent); a crash in 5 leaves the mark, and the next run finishes the
-cleanup. The data files stay as they are: each is a file holding one window, which
-version 2 reads; a run that writes one of their days folds them into one file then
-(:mod:`harvester.lake.writer`).
+cleanup. Runs that migrate at once (shards starting together) write the same
+partitions, and one creates the head; a partition a run has already committed to
+(under a lease) is never overwritten by a slower migration. The data files stay as
+they are: each is a file holding one window, which version 2 reads; a run that writes
+one of their days folds them into one file then (:mod:`harvester.lake.writer`).
 """
 
 from __future__ import annotations
@@ -251,12 +253,17 @@ async def migrate(manifest: Manifest, keys: list[str], *, table_format: str) -> 
     """Migrate a version 1 lake to version 2 (see the module docstring); return the head."""
     log.info("manifest.migrating", objects=len(keys))
     head, parts = await build(manifest.store, keys, table_format=table_format)
+    return await install(manifest, head, parts)
+
+
+async def install(manifest: Manifest, head: Head, parts: list[Partition]) -> Head:
+    """Write what :func:`build` made, then clean up (steps 2, 4 and 5 of the docstring)."""
     written: list[tuple[Partition, str]] = []
     for part in parts:
         updated: Versioned = await manifest.update_partition(
             part.feed,
             part.month,
-            lambda _old, new=part: new,  # type: ignore[misc]
+            lambda old, new=part: _migrated(old, new),  # type: ignore[misc]
             token=None,
         )
         assert updated.version is not None
@@ -272,6 +279,18 @@ async def migrate(manifest: Manifest, keys: list[str], *, table_format: str) -> 
 
     head = await manifest.update_head(create)
     return await finish_cleanup(manifest, head)
+
+
+def _migrated(old: Partition, new: Partition) -> Partition:
+    """The partition to write for a month: ``new`` (from version 1), unless a run wrote since.
+
+    A partition holding a lease token (> 0) was committed to by a version 2 run: another
+    run migrated this lake first (shards starting together) and has harvested since,
+    perhaps folding and deleting the very files ``new`` records. It is newer than any
+    version 1 object and is kept. One written by an earlier, crashed migration (token 0)
+    is replaced.
+    """
+    return old if old.token > 0 else new
 
 
 async def finish_cleanup(manifest: Manifest, head: Head) -> Head:
