@@ -52,9 +52,9 @@ from harvester.intervals import Spans
 from harvester.lake import days
 from harvester.lake.spool import Spool
 from harvester.lake.writer import DayWriter
-from harvester.leases import Leases
+from harvester.leases import Block, Leases
 from harvester.manifest import legacy
-from harvester.manifest.io import Manifest
+from harvester.manifest.io import Manifest, Versioned
 from harvester.manifest.model import Head, month_domain, months_between
 from harvester.paging import page_through
 from harvester.planner import FeedPlan, Plan, shard_share, windows_in
@@ -214,6 +214,11 @@ class Harvest:
         self.result = RunResult(run_id=self.run_id, feeds={f: FeedSummary() for f in config.feeds})
         self.manifest = Manifest(store, sleep=sleep)
         self._held: dict[str, Spans] = {}
+        self._planned_at = time.time()
+        """Wall-clock time before the plan was read (windows completed since are fresh)."""
+        self._rechecked: dict[Block, Spans] = {}
+        self._elsewhere: dict[str, Spans] = {}
+        self._recheck_lock = asyncio.Lock()
 
     def snapshot(self) -> dict[str, FeedSummary]:
         """Live per-feed totals, request counters included (for a progress display)."""
@@ -227,6 +232,7 @@ class Harvest:
 
     async def execute(self) -> RunResult:
         """Plan from the lake's manifest (migrating an old lake), then harvest what is left."""
+        self._planned_at = time.time()
         return await self.run(await plan(self.config, self.store, write=True))
 
     async def run(self, the_plan: Plan) -> RunResult:
@@ -301,7 +307,7 @@ class Harvest:
             try:
                 await self._work(client, queue, leases, staging, committer, folder)
                 await committer.flush()
-                await self._settle_held(committer)
+                await self._settle_held(leases)
             finally:
                 with contextlib.suppress(HarvesterError):
                     await leases.release_all()
@@ -458,6 +464,14 @@ class Harvest:
                     holder=str(leases.holders.get((span.feed, month), "another run")),
                 )
             return
+        meanwhile = Spans()
+        for month in months_between(span.start, span.end):
+            meanwhile = meanwhile | await self._recheck((span.feed, month), leases, work, committer)
+        done_meanwhile = meanwhile.clip(span.start, span.end)
+        if done_meanwhile:
+            queue.give_back(span)  # to be carved again from what is left of it
+            self._skip_done(span.feed, done_meanwhile, work, committer)
+            return
         summary = self.result.feeds[span.feed]
         started = self._clock()
         try:
@@ -561,20 +575,78 @@ class Harvest:
         if too_dense(span, density=density, page=page.items_per_page):
             raise Resize(density, page.items_per_page)
 
-    async def _settle_held(self, committer: Committer) -> None:
+    async def _recheck(
+        self, block: Block, leases: Leases, work: _Work, committer: Committer
+    ) -> Spans:
+        """Windows of ``block`` that another run completed after this run planned.
+
+        Read once per block, when the lease was taken from another run (empty
+        otherwise); the first worker to ask drops them from the queue, and every worker
+        drops them from the span it holds. Without this, a run that takes a block another
+        run has just finished and released would harvest it all again. A ``--force``
+        run skips only what was completed after it planned: that is as fresh as its own
+        harvest would be.
+        """
+        async with self._recheck_lock:
+            known = self._rechecked.get(block)
+            if known is not None:
+                return known
+            fresh = Spans()
+            if block in leases.taken_over:
+                feed, month = block
+                fresh = self._complete(await self.manifest.read_partition(feed, month))
+                self._skip_done(feed, work.queue.remaining(feed) & fresh, work, committer)
+            self._rechecked[block] = fresh
+            return fresh
+
+    def _complete(self, current: Versioned) -> Spans:
+        """The windows of ``current`` complete as this run wants them.
+
+        Complete with this run's query; for ``--force``, also completed after this run
+        planned (``completed_at`` is whole seconds, rounded down: ">" is "surely after"),
+        since the windows complete before are the very ones it must harvest again.
+        """
+        since = self._planned_at if self.config.force else None
+        return Spans.of(
+            (w.start, w.end)
+            for w in current.part.windows.values()
+            if w.fingerprint == self.config.query.fingerprint
+            and (since is None or w.completed_at > since)
+        )
+
+    def _skip_done(self, feed: str, spans: Spans, work: _Work, committer: Committer) -> None:
+        """``spans`` (still to do) were completed by another run meanwhile: not ours now.
+
+        Counted once each, however often a worker hands some of them back.
+        """
+        work.queue.drop(feed, spans)
+        committer.left(feed, spans)
+        before = self._elsewhere.get(feed, Spans())
+        new = spans - before
+        if new:
+            self._elsewhere[feed] = before | spans
+            self.result.feeds[feed].done += windows_in(new, self.step)
+            log.info("span.done_elsewhere", feed=feed, windows=windows_in(new, self.step))
+
+    async def _settle_held(self, leases: Leases) -> None:
         """Windows another run held: done by now, or left (exit 75, said by the CLI)."""
         if not self._held:
             return
-        fingerprint = self.config.query.fingerprint
+        holders: set[str] = set()
         for feed, spans in self._held.items():
             months = months_between(spans.first or 0, spans.last or 0)
             parts = await self.manifest.read_partitions(feed, months)
             done = Spans()
             for current in parts.values():
-                done = done | current.part.complete(fingerprint)
+                done = done | self._complete(current)
             left = spans - done
             self.result.feeds[feed].held = windows_in(left, self.step)
             self.result.feeds[feed].done += windows_in(spans & done, self.step)
+            for month in months:
+                if left.clip(*month_domain(month, self.step)):
+                    holder = leases.holders.get((feed, month))
+                    holders.add(str(holder) if holder else "another run")
+        self.result.held_by = sorted(holders)
 
     def _finish(self, started: float) -> RunResult:
         self.result.interrupted = self._stopping.is_set()
