@@ -306,7 +306,6 @@ class Harvest:
             )
             try:
                 await self._work(client, queue, leases, staging, committer, folder)
-                await committer.flush()
                 await self._settle_held(leases)
             finally:
                 with contextlib.suppress(HarvesterError):
@@ -322,7 +321,7 @@ class Harvest:
         committer: Committer,
         folder: Path,
     ) -> None:
-        """Run the workers, the committer and the lease keeper until the spans are done."""
+        """Run the workers, the committer and the lease keeper until all is committed."""
         work = _Work(queue)
         try:
             with _rare_collections:
@@ -341,10 +340,12 @@ class Harvest:
                         task.add_done_callback(self._tasks.discard)
                     await asyncio.wait(workers)
                     # Both end after what they are doing: a commit or a lease write is
-                    # never cut half way.
+                    # never cut half way. The last commit is made before the keeper
+                    # stops, so the leases stay renewed until it is recorded.
                     committer.close()
-                    done.set()
                     await committing
+                    await committer.flush()
+                    done.set()
                     await keeping
         except BaseExceptionGroup as group_error:
             raise _first_fatal(group_error) from None
