@@ -41,6 +41,8 @@ import pytest
 
 from harvester import api
 from harvester.config import HarvestConfig
+from harvester.errors import IncompleteHarvest
+from harvester.integrations import harvest_day, retryable
 from harvester.intervals import Spans
 from harvester.leases import Lease, Owner, _start_ticks, lease_key
 from harvester.manifest.io import HEAD_KEY, Manifest
@@ -731,3 +733,25 @@ def test_a_block_is_given_away_only_after_the_head_records_it(sim: Any, tmp_path
     assert first.ok
     holder = f"run {first.run_id} (pid {os.getpid()} on {socket.gethostname()})"
     assert (second.held, second.held_by) == (1, [holder])
+
+
+def test_a_scheduler_task_meeting_a_held_month_is_retried_with_the_holder_named(
+    sim: Any, tmp_path: Path
+) -> None:
+    """`harvest_day` over a month another run holds raises IncompleteHarvest naming it.
+
+    Airflow and Dagster retry the task on it; the retry after the lease lapsed finishes.
+    """
+    out = tmp_path / "lake"
+    far = write_lease(out, "ips", "2024-01", expires=time.time() + 3600, host="harvester-far")
+    options = {"out": str(out), "base_url": sim.url, "feeds": "ips,domains", "window": "1h"}
+    with pytest.raises(IncompleteHarvest) as caught:
+        harvest_day("2024-01-02", api_key=SIM_KEY, **options, confidence=0, severity=0)
+    assert f"24 window(s) left to the run holding their lease, {far}" in str(caught.value)
+    assert retryable(caught.value)
+    assert caught.value.outcome["result"]["held_by"] == [str(far)]
+
+    write_lease(out, "ips", "2024-01", expires=time.time() - 1, host="harvester-far")
+    outcome = harvest_day("2024-01-02", api_key=SIM_KEY, **options, confidence=0, severity=0)
+    assert outcome["result"]["ok"]
+    assert_lake_exact(str(out), truth(sim, at("2024-01-02"), at("2024-01-03")))
