@@ -538,11 +538,11 @@ def command_run(args: argparse.Namespace) -> int:
             "run the same command again to finish them"
         )
         return 1
-    held = sum(s.held for s in result.feeds.values())
-    if held:
+    if result.held:
+        holders = ", ".join(result.held_by) or "another run"
         _say(
-            f"{held} window(s) were left to another run that holds their lease (see "
-            "span.held events); run the same command again once it has finished"
+            f"{result.held} window(s) were left to the run holding their lease, {holders} "
+            "(see span.held events); run the same command again once it has finished"
         )
         return 75
     return 0

@@ -556,7 +556,14 @@ class Committer:
         return state.unresolved if state else Spans()
 
     def finished_blocks(self) -> list[Block]:
-        """Leases this run no longer needs: nothing of their month is left to commit."""
+        """Leases this run no longer needs: nothing of their month is left to commit.
+
+        None while a commit is under way: its partitions may be written and the head not
+        yet, and a block given away then could be committed by another run whose head
+        this run's late head write would take back to the older partition.
+        """
+        if self._lock.locked():
+            return []
         done = []
         for feed, month in self.leases.blocks():
             state = self._feeds.get(feed)

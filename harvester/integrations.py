@@ -155,8 +155,9 @@ def harvest_interval(
     Returns ``{"after", "before", "harvested", "metadata", "result"}``: the span, whether
     anything was harvested (false for an empty span, when no harvest runs and the
     other two are ``None``), :func:`run_metadata` and ``RunResult.to_json()``.
-    Raises :class:`~harvester.errors.IncompleteHarvest` when windows failed (retry
-    the task: the next attempt finishes them), and the :mod:`harvester.errors` tree
+    Raises :class:`~harvester.errors.IncompleteHarvest` when windows failed, or were
+    left to another run holding their lease (retry the task: the next attempt
+    finishes them), and the :mod:`harvester.errors` tree
     for what stops a run (see :func:`retryable`).
     """
     refused = sorted(set(options) & set(DECIDED_BY_INTERVAL))
@@ -226,7 +227,13 @@ def _incomplete_message(span: HarvestSpan, result: RunResult) -> str:
     named = [f"{f.feed} {f.window} {f.error}" for f in result.failures[:FAILURES_SHOWN]]
     more = len(result.failures) - len(named)
     listed = "; ".join(named) + (f"; and {more} more" if more > 0 else "")
-    what = f"{len(result.failures)} window(s) failed" if result.failures else "stopped early"
+    if result.failures:
+        what = f"{len(result.failures)} window(s) failed"
+    elif result.held:
+        holders = ", ".join(result.held_by) or "another run"
+        what = f"{result.held} window(s) left to the run holding their lease, {holders}"
+    else:
+        what = "stopped early"
     range_ = f"[{format_api(span.after)}, {format_api(span.before)})"
     detail = f" ({listed})" if listed else ""
     return (

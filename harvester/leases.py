@@ -7,7 +7,9 @@ takes a *lease* on each (feed, month) it is about to harvest: an object
 and a fencing token, written by compare-and-set.
 
 * A month nobody holds, or whose lease expired, was released, or belongs to a process
-  that no longer exists on this host, is taken (the token goes up by one).
+  that no longer exists on this host, is taken (the token goes up by one). Taken from
+  another run, it may hold windows that run completed after this one planned: the
+  orchestrator reads its partition again before harvesting any of it.
 * A month another live run holds is left to it: this run skips its windows and says so.
 * The run renews its leases every ``ttl / 3`` seconds. A renewal that fails means
   another run took the lease after ours expired: that month is *lost*, and nothing of
@@ -154,6 +156,9 @@ class Leases:
         self.lost: set[Block] = set()
         self.holders: dict[Block, Owner] = {}
         """Who held the blocks this run could not take."""
+        self.taken_over: set[Block] = set()
+        """Blocks this run took from another run (released, expired or dead): that run
+        may have completed some of their windows after this run planned."""
         self._lock = asyncio.Lock()
         _ACTIVE.add(run_id)
 
@@ -180,6 +185,7 @@ class Leases:
                 blob = await self.store.read(key)
                 expect: Expect = ABSENT
                 token = 1
+                current: Lease | None = None
                 if blob is not None:
                     expect = blob.info.version
                     try:
@@ -199,6 +205,19 @@ class Leases:
                 except Conflict:
                     continue  # another run moved first: look again
                 self._held[block] = (token, info.version)
+                mine = current is not None and current.owner.run_id == self.owner.run_id
+                if blob is not None and not mine:
+                    self.taken_over.add(block)
+                if current is not None and not mine and not current.released:
+                    # Not handed back: its owner died, or stopped renewing (another host).
+                    log.warning(
+                        "lease.taken_over",
+                        feed=block[0],
+                        month=block[1],
+                        token=token,
+                        holder=str(current.owner),
+                        why="expired" if current.expires <= self._clock() else "owner gone",
+                    )
                 return True
             return False
 

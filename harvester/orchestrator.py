@@ -55,9 +55,9 @@ from harvester.intervals import Spans
 from harvester.lake import days
 from harvester.lake.spool import Spool
 from harvester.lake.writer import DayWriter
-from harvester.leases import Leases
+from harvester.leases import Block, Leases
 from harvester.manifest import legacy
-from harvester.manifest.io import Manifest
+from harvester.manifest.io import Manifest, Versioned
 from harvester.manifest.model import Head, MonthSummary, Partition, month_domain, months_between
 from harvester.paging import page_through
 from harvester.planner import FeedPlan, Plan, shard_share, windows_in
@@ -150,7 +150,7 @@ async def plan(config: HarvestConfig, store: Store, *, write: bool = False) -> P
     fingerprint = config.query.fingerprint
     feeds: dict[str, FeedPlan] = {}
     current = await _snapshots(config) if head is not None else None
-    stale: list[tuple[Partition, str, MonthSummary]] = []
+    behind: list[tuple[Partition, str, MonthSummary]] = []
     for feed in config.feeds:
         after = _epoch(config.after) if config.after else None
         if config.since_last:
@@ -176,26 +176,36 @@ async def plan(config: HarvestConfig, store: Store, *, write: bool = False) -> P
         _check_grid(after, before, config)
         planned = Spans.one(after, before)
         done = Spans()
+        complete = planned if config.force else Spans()
         if not config.force and head is not None:
             known = head.feed(feed).months
             months = [m for m in months_between(after, before) if m in known]
             # A version 1 lake planned without migrating: its head and partitions are in
             # memory only (no version), and the head's complete windows are theirs.
             held = [m for m in months if not known[m].version]
-            complete = head.feed(feed).complete.get(fingerprint, Spans())
-            done = complete & Spans.of(month_domain(m, step) for m in held)
+            legacy_done = head.feed(feed).complete.get(fingerprint, Spans())
+            done = legacy_done & Spans.of(month_domain(m, step) for m in held)
+            complete = done
             months = [m for m in months if known[m].version]
             for month, read in (await manifest.read_partitions(feed, months)).items():
                 done = done | _done(read.part, fingerprint, current, feed)
+                complete = complete | read.part.complete(fingerprint)
                 if read.version not in (None, known[month].version):
-                    stale.append((read.part, read.version, known[month]))
+                    behind.append((read.part, read.version, known[month]))
             done = (done & planned) - again
         todo = shard_share(
             planned - done, feed=feed, shard=config.shard, feeds=config.feeds, step=step
         )
-        feeds[feed] = FeedPlan(feed=feed, planned=planned, done=done, todo=todo, again=again)
-    if stale and write:
-        await _heal_head(manifest, stale)
+        feeds[feed] = FeedPlan(
+            feed=feed,
+            planned=planned,
+            done=done,
+            todo=todo,
+            again=again,
+            stale=(complete & planned) - done,
+        )
+    if behind and write:
+        await _heal_head(manifest, behind)
     return Plan(step=step, shard=config.shard, feeds=feeds)
 
 
@@ -285,6 +295,13 @@ class Harvest:
         self.manifest = Manifest(store, sleep=sleep)
         self._held: dict[str, Spans] = {}
         self._budget = PageBudget(limit=config.page_budget)
+        self._planned_at = time.time()
+        """Wall-clock time before the plan was read (windows completed since are fresh)."""
+        self._rechecked: dict[Block, Spans] = {}
+        self._elsewhere: dict[str, Spans] = {}
+        self._recheck_lock = asyncio.Lock()
+        self._stale: dict[str, Spans] = {}
+        """Per feed, windows complete when planned that this run harvests anyway."""
 
     def snapshot(self) -> dict[str, FeedSummary]:
         """Live per-feed totals, request counters included (for a progress display)."""
@@ -306,6 +323,7 @@ class Harvest:
             from harvester.verify import verify
 
             await verify(self.store, feeds=self.config.feeds, repair=True, run_id=self.run_id)
+        self._planned_at = time.time()
         return await self.run(await plan(self.config, self.store, write=True))
 
     async def run(self, the_plan: Plan) -> RunResult:
@@ -313,6 +331,7 @@ class Harvest:
         started = self._clock()
         started_at = datetime.now(UTC).isoformat(timespec="milliseconds")
         todo = the_plan.todo
+        self._stale = {feed: fp.stale for feed, fp in the_plan.feeds.items()}
         for feed, fp in the_plan.feeds.items():
             summary = self.result.feeds[feed]
             share = shard_share(
@@ -386,8 +405,7 @@ class Harvest:
             )
             try:
                 await self._work(client, queue, leases, staging, committer, folder)
-                await committer.flush()
-                await self._settle_held(committer)
+                await self._settle_held(leases)
             finally:
                 with contextlib.suppress(HarvesterError):
                     await leases.release_all()
@@ -402,16 +420,14 @@ class Harvest:
         committer: Committer,
         folder: Path,
     ) -> None:
-        """Run the workers, the committer and the lease keeper until the spans are done."""
+        """Run the workers, the committer and the lease keeper until all is committed."""
         work = _Work(queue)
         try:
             with _rare_collections:
                 async with asyncio.TaskGroup() as group:
                     done = asyncio.Event()
                     committing = group.create_task(committer.run())
-                    keeping = group.create_task(
-                        self._keep_alive(leases, staging, committer, done)
-                    )
+                    keeping = group.create_task(self._keep_alive(leases, staging, committer, done))
                     workers = [
                         group.create_task(self._worker(client, work, leases, committer, folder))
                         for _ in range(self.config.concurrency)
@@ -421,10 +437,12 @@ class Harvest:
                         task.add_done_callback(self._tasks.discard)
                     await asyncio.wait(workers)
                     # Both end after what they are doing: a commit or a lease write is
-                    # never cut half way.
+                    # never cut half way. The last commit is made before the keeper
+                    # stops, so the leases stay renewed until it is recorded.
                     committer.close()
-                    done.set()
                     await committing
+                    await committer.flush()
+                    done.set()
                     await keeping
         except BaseExceptionGroup as group_error:
             raise unwrap(group_error) from None
@@ -544,6 +562,14 @@ class Harvest:
                     month=month,
                     holder=str(leases.holders.get((span.feed, month), "another run")),
                 )
+            return
+        meanwhile = Spans()
+        for month in months_between(span.start, span.end):
+            meanwhile = meanwhile | await self._recheck((span.feed, month), leases, work, committer)
+        done_meanwhile = meanwhile.clip(span.start, span.end)
+        if done_meanwhile:
+            queue.give_back(span)  # to be carved again from what is left of it
+            self._skip_done(span.feed, done_meanwhile, work, committer)
             return
         summary = self.result.feeds[span.feed]
         started = self._clock()
@@ -667,20 +693,79 @@ class Harvest:
         if too_dense(span, density=density, page=page.items_per_page):
             raise Resize(density, page.items_per_page)
 
-    async def _settle_held(self, committer: Committer) -> None:
+    async def _recheck(
+        self, block: Block, leases: Leases, work: _Work, committer: Committer
+    ) -> Spans:
+        """Windows of ``block`` that another run completed after this run planned.
+
+        Read once per block, when the lease was taken from another run (empty
+        otherwise); the first worker to ask drops them from the queue, and every worker
+        drops them from the span it holds. Without this, a run that takes a block another
+        run has just finished and released would harvest it all again. A ``--force``
+        run skips only what was completed after it planned: that is as fresh as its own
+        harvest would be.
+        """
+        async with self._recheck_lock:
+            known = self._rechecked.get(block)
+            if known is not None:
+                return known
+            fresh = Spans()
+            if block in leases.taken_over:
+                feed, month = block
+                fresh = self._complete(await self.manifest.read_partition(feed, month))
+                self._skip_done(feed, work.queue.remaining(feed) & fresh, work, committer)
+            self._rechecked[block] = fresh
+            return fresh
+
+    def _complete(self, current: Versioned) -> Spans:
+        """The windows of ``current`` complete as this run wants them.
+
+        Complete with this run's query; for the windows the plan found complete and
+        harvests anyway (``--force``, ``--lookback``, an Iceberg rollback), also completed
+        after this run planned (``completed_at`` is whole seconds, rounded down: ">" is
+        "surely after"), since their earlier completion is what it must redo.
+        """
+        stale = self._stale.get(current.part.feed, Spans())
+        return Spans.of(
+            (w.start, w.end)
+            for w in current.part.windows.values()
+            if w.fingerprint == self.config.query.fingerprint
+            and (w.completed_at > self._planned_at or not stale.containing(w.start))
+        )
+
+    def _skip_done(self, feed: str, spans: Spans, work: _Work, committer: Committer) -> None:
+        """``spans`` (still to do) were completed by another run meanwhile: not ours now.
+
+        Counted once each, however often a worker hands some of them back.
+        """
+        work.queue.drop(feed, spans)
+        committer.left(feed, spans)
+        before = self._elsewhere.get(feed, Spans())
+        new = spans - before
+        if new:
+            self._elsewhere[feed] = before | spans
+            self.result.feeds[feed].done += windows_in(new, self.step)
+            log.info("span.done_elsewhere", feed=feed, windows=windows_in(new, self.step))
+
+    async def _settle_held(self, leases: Leases) -> None:
         """Windows another run held: done by now, or left (exit 75, said by the CLI)."""
         if not self._held:
             return
-        fingerprint = self.config.query.fingerprint
+        holders: set[str] = set()
         for feed, spans in self._held.items():
             months = months_between(spans.first or 0, spans.last or 0)
             parts = await self.manifest.read_partitions(feed, months)
             done = Spans()
             for current in parts.values():
-                done = done | current.part.complete(fingerprint)
+                done = done | self._complete(current)
             left = spans - done
             self.result.feeds[feed].held = windows_in(left, self.step)
             self.result.feeds[feed].done += windows_in(spans & done, self.step)
+            for month in months:
+                if left.clip(*month_domain(month, self.step)):
+                    holder = leases.holders.get((feed, month))
+                    holders.add(str(holder) if holder else "another run")
+        self.result.held_by = sorted(holders)
 
     def _finish(self, started: float) -> RunResult:
         self.result.interrupted = self._stopping.is_set()
@@ -786,4 +871,3 @@ class _RareCollections:
 
 
 _rare_collections = _RareCollections()
-

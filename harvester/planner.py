@@ -69,6 +69,10 @@ class FeedPlan:
     """The shard's windows to harvest."""
     again: Spans = field(default_factory=Spans)
     """Complete windows harvested again for late records (``--lookback``), all shards."""
+    stale: Spans = field(default_factory=Spans)
+    """Planned windows complete when planned but harvested anyway: ``--force``, ``again``,
+    or (Iceberg) rows a rollback took away. Another run completing one of them meanwhile
+    counts as done only if it did so after this plan."""
 
     @property
     def left(self) -> Spans:

@@ -91,6 +91,8 @@ class RunResult:
     failures: list[Failure] = field(default_factory=list)
     interrupted: bool = False
     seconds: float = 0.0
+    held_by: list[str] = field(default_factory=list)
+    """The runs holding the leases of the windows left to them (``run ID (pid P on HOST)``)."""
 
     @property
     def held(self) -> int:
@@ -109,6 +111,7 @@ class RunResult:
             "ok": self.ok,
             "interrupted": self.interrupted,
             "held": self.held,
+            "held_by": self.held_by,
             "seconds": round(self.seconds, 3),
             "feeds": {feed: asdict(s) for feed, s in self.feeds.items()},
             "failures": [asdict(f) for f in self.failures],
