@@ -290,8 +290,9 @@ def _calls_text(counts: dict[str, int]) -> str:
     return f"{sum(counts.values())} ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})"
 
 
-#: Seconds by which a no-op may differ between lakes and still be flat (process noise).
-NOISE_SECONDS = 0.05
+#: Seconds by which a no-op may differ between lakes and still be flat: one boto3 client set-up
+#: (~0.2 s) and a busy machine move it by that much; a cost that grows with history is seconds.
+NOISE_SECONDS = 0.25
 
 
 def _flat(

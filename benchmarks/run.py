@@ -4,10 +4,10 @@
     python -m benchmarks.run --smoke                          # seconds; proves the harness works
     python -m benchmarks.run --only a,d --set a_days=4        # a subset, resized
 
-``--smoke`` runs every scenario and every client once on tiny data and writes nothing
-unless ``--out`` is given; clients whose dependencies are missing (dlt, pandas,
-requests) are skipped with a note. No run asserts a speed: the report states each
-target, the measured value and whether it was met.
+``--smoke`` runs every scenario once on tiny data (two at a time, every client in at
+least one) and writes nothing unless ``--out`` is given; clients whose dependencies are
+missing (dlt, pandas, requests) are skipped with a note. No run asserts a speed: the
+report states each target, the measured value and whether it was met.
 """
 
 from __future__ import annotations
@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--smoke", action="store_true", help="tiny data, every scenario and client once (seconds)"
+        "--smoke", action="store_true", help="tiny data, every scenario once (seconds)"
     )
     parser.add_argument("--out", metavar="FILE", help="write the Markdown report here")
     parser.add_argument(
