@@ -7,17 +7,20 @@ JSON (orjson), build an Arrow table of the feed's columns
 append it to one zstd Parquet file per feed in row groups of 128 Ki rows. No windows,
 no paging logic, no retries, no manifest, no ``extra`` column. The page list comes
 from the warm pass, so the ceiling even knows in advance where every page starts.
+The scenarios give it *the fewest pages*: one query per feed over the whole range
+(cut at the harvester's longest span), in pages of the largest size the server applies.
 
 :func:`walk_pages` is that warm pass: it pages through every query once, which makes
-the simulator render and cache every page, and returns where the pages are.
+the simulator render and cache every page, and returns where the pages are, the rows
+of each feed and the page size the server applied (:class:`Walk`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,8 @@ from harvester.schemas import FEEDS, TIMESTAMP
 FEED_PATH = "/api/v2/iocs/feeds/{feed}"
 ROW_GROUP_ROWS = 128 * 1024
 API_TIME = "%Y-%m-%dT%H:%M:%SZ"
+#: What every client asks for unless a scenario filters: every score (a full archive).
+EVERY_SCORE = {"confidence": "0", "severity": "0"}
 
 
 @dataclass(frozen=True)
@@ -43,11 +48,12 @@ class Query:
     before: str
 
 
-def params(query: Query, offset: int, limit: int) -> dict[str, str]:
-    """The query string of one page: every score, the span, the page."""
+def params(
+    query: Query, offset: int, limit: int, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The query string of one page: the filters (every score by default), span and page."""
     return {
-        "confidence": "0",
-        "severity": "0",
+        **(EVERY_SCORE if extra is None else extra),
         "after": query.after,
         "before": query.before,
         "limit": str(limit),
@@ -60,25 +66,44 @@ def feed_url(base_url: str, feed: str) -> str:
     return base_url.rstrip("/") + FEED_PATH.format(feed=feed)
 
 
+@dataclass
+class Walk:
+    """What a warm pass found."""
+
+    pages: list[tuple[str, str, str, int]] = field(default_factory=list)
+    """Every page that holds items: ``(feed, after, before, offset)``, sorted."""
+    rows: int = 0
+    by_feed: dict[str, int] = field(default_factory=dict)
+    """Rows per feed (summed over that feed's queries)."""
+    page: int = 0
+    """The largest ``items_per_page`` the server applied."""
+
+    def fewest_pages(self) -> int:
+        """Sum over feeds of ceil(rows / page): the fewest pages that hold the records."""
+        size = max(self.page, 1)
+        return sum(-(-rows // size) for rows in self.by_feed.values())
+
+
 async def walk_pages(
     base_url: str,
     key: str,
     queries: Sequence[Query],
     *,
     limit: int,
+    extra: Mapping[str, str] | None = None,
     concurrency: int = 16,
     batch: int = 8,
-) -> tuple[list[tuple[str, str, str, int]], int]:
-    """Page through every query once; return ``([(feed, after, before, offset)], rows)``.
+) -> Walk:
+    """Page through every query once; return the pages found, the rows and the page size.
 
     Each query's first page gives the page size; later pages are asked ``batch`` at a
     time until a short page, at most ``concurrency`` requests in flight overall. Every
     page is requested exactly as the clients will request it (pages past the end are
     empty and cheap), so the simulator has them rendered and cached afterwards.
+    ``extra`` are the query's filters (every score by default).
     """
     headers = {"Authorization": f"Bearer {key}"}
-    pages: list[tuple[str, str, str, int]] = []
-    total = 0
+    walk = Walk(by_feed={q.feed: 0 for q in queries})
     gate = asyncio.Semaphore(concurrency)
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=600)
@@ -89,7 +114,8 @@ async def walk_pages(
         async def get(query: Query, offset: int) -> tuple[int, int]:
             async with gate:
                 url = feed_url(base_url, query.feed)
-                async with session.get(url, params=params(query, offset, limit)) as response:
+                query_string = params(query, offset, limit, extra)
+                async with session.get(url, params=query_string) as response:
                     response.raise_for_status()
                     data = orjson.loads(await response.read())["data"]
             return len(data["items"]), int(data["items_per_page"])
@@ -97,8 +123,8 @@ async def walk_pages(
         async def one(query: Query) -> None:
             # The first page tells the page size; then `batch` pages are asked at once
             # (a long query under latency would otherwise take pages x latency).
-            nonlocal total
             count, size = await get(query, 0)
+            walk.page = max(walk.page, size)
             found = [(0, count)]
             offset = count
             while count == size:
@@ -112,12 +138,13 @@ async def walk_pages(
                 offset += batch * size
             for at, n in found:
                 if n:
-                    pages.append((query.feed, query.after, query.before, at))
-                    total += n
+                    walk.pages.append((query.feed, query.after, query.before, at))
+                    walk.rows += n
+                    walk.by_feed[query.feed] += n
 
         await asyncio.gather(*(one(q) for q in queries))
-    pages.sort()
-    return pages, total
+    walk.pages.sort()
+    return walk
 
 
 def ceiling_schema(feed: str) -> pa.Schema:
@@ -168,6 +195,7 @@ class _FeedFile:
 async def _run(job: dict[str, Any]) -> dict[str, Any]:
     base, limit, concurrency = job["url"], int(job["limit"]), int(job["concurrency"])
     rate: float | None = job.get("rate")
+    extra: dict[str, str] | None = job.get("params")
     out = Path(job["out"])
     files = {feed: _FeedFile(out / f"{feed}.parquet") for feed in {p[0] for p in job["pages"]}}
     queue: asyncio.Queue[tuple[str, str, str, int]] = asyncio.Queue()
@@ -196,7 +224,7 @@ async def _run(job: dict[str, Any]) -> dict[str, Any]:
             nonlocal rows, requests, throttled
             while not queue.empty():
                 feed, after, before, offset = queue.get_nowait()
-                query = params(Query(feed, after, before), offset, limit)
+                query = params(Query(feed, after, before), offset, limit, extra)
                 while True:
                     await pace()
                     requests += 1
@@ -223,7 +251,7 @@ async def _run(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Run the ceiling for ``job`` (url, key, out, limit, concurrency, pages[, rate])."""
+    """Run the ceiling for ``job`` (url, key, out, limit, concurrency, pages[, rate, params])."""
     Path(job["out"]).mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     result = asyncio.run(_run(job))

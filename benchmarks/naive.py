@@ -1,6 +1,7 @@
 """The naive baseline: a sequential ``requests`` + ``pandas`` script, as one would first write it.
 
-For every feed and every day it pages through the day with ``limit``/``offset``
+For every feed and every day it pages through the day with ``limit``/``offset`` (and
+the scenario's filters, every score by default)
 (advancing by what came back, stopping on a page shorter than ``items_per_page``), keeps
 the items in a list, then writes ``pd.DataFrame(items).to_parquet(..., compression="zstd")``
 per (feed, day). One request at a time; a 429 is waited out (``Retry-After``) and
@@ -37,6 +38,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     session.headers["Authorization"] = f"Bearer {job['key']}"
     out = Path(job["out"])
     rows = requests_made = throttled = 0
+    filters = job.get("params", {"confidence": "0", "severity": "0"})
     for feed in job["feeds"]:
         url = job["url"].rstrip("/") + FEED_PATH.format(feed=feed)
         for day in _days(job["after"], job["before"]):
@@ -46,8 +48,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
                 query = {
                     "after": _api(day),
                     "before": _api(day + timedelta(days=1)),
-                    "confidence": 0,
-                    "severity": 0,
+                    **filters,
                     "limit": job["limit"],
                     "offset": offset,
                 }

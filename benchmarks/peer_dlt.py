@@ -1,9 +1,10 @@
 """The peer: the same harvest with dlt's ``rest_api`` source into Parquet on local disk.
 
 Configured as dlt documents it (``dlt.sources.rest_api.rest_api_source``): one resource
-per feed over the whole range (``after``/``before``, every score), bearer auth,
-``data.items`` as the data selector and dlt's ``offset`` paginator (``limit`` 1000, no
-total: it stops on the first empty page). The pipeline uses the ``filesystem``
+per feed over the whole range (``after``/``before``, every score or the scenario's
+filters), bearer auth, ``data.items`` as the data selector and dlt's ``offset``
+paginator (``limit`` = the server's page size, no total: it stops on a short or empty
+page). The pipeline uses the ``filesystem``
 destination on a ``file://`` folder with ``loader_file_format="parquet"`` and zstd
 compression. Everything else is dlt's default (sequential extract, one normalize
 worker). Telemetry is off and all of dlt's state lives in the job's folder. Needs
@@ -65,8 +66,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
                         "params": {
                             "after": job["after_api"],
                             "before": job["before_api"],
-                            "confidence": 0,
-                            "severity": 0,
+                            **job.get("params", {"confidence": "0", "severity": "0"}),
                         },
                     },
                 }

@@ -30,7 +30,10 @@ def test_benchmark_harness_smoke_run_writes_a_report(tmp_path: Path) -> None:
         "b. latency-bound",
         "c. rate-bound",
         "d. one dense day",
-        "e. long sparse range",
+        "e. sparse year",
+        "e2. sparse year, filtered",
+        "f. no-op nightly",
+        "g. --window 15m over dense days",
     ):
         assert scenario in text
     assert "harvester" in text
