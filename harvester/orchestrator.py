@@ -545,8 +545,9 @@ class Harvest:
         queue = work.queue
         blocked = [
             month
-            for month in months_between(span.start, span.end)
-            if not await leases.acquire((span.feed, month))
+            for _, month in await leases.acquire_many(
+                (span.feed, month) for month in months_between(span.start, span.end)
+            )
         ]
         if blocked:
             held = Spans.of(month_domain(m, self.step) for m in blocked)
