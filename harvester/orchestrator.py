@@ -319,7 +319,7 @@ class Harvest:
         With ``--repair``, the lake is verified first: windows whose files are missing or
         damaged become incomplete, so this very run harvests them again.
         """
-        if self.config.repair and self.config.table_format == "hive":
+        if self.config.repair:
             from harvester.verify import verify
 
             await verify(self.store, feeds=self.config.feeds, repair=True, run_id=self.run_id)

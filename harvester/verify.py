@@ -29,7 +29,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import structlog
 
-from harvester.errors import Conflict, StorageError
+from harvester.errors import ConfigError, Conflict, StorageError
 from harvester.intervals import Spans
 from harvester.lake.layout import is_legacy
 from harvester.leases import Leases
@@ -106,6 +106,14 @@ async def verify(
     """Check (and with ``repair``, repair) the lake in ``store``; record the result."""
     manifest = Manifest(store)
     head, _ = await manifest.read_head()
+    if head is not None and head.table_format != "hive":
+        # An Iceberg table's files are recorded by the table itself, not by our partitions:
+        # "nothing missing" would be a check of nothing.
+        raise ConfigError(
+            f"harvester verify checks Hive lakes only; {store.url('')} holds Iceberg tables, "
+            "which record their own files (remove stray ones with `harvester maintain "
+            "--orphans-older-than`)"
+        )
     known = sorted(head.feeds) if head else []
     names = [f for f in (feeds or known) if f in known]
     checks: dict[str, FeedCheck] = {}
