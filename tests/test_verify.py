@@ -100,6 +100,8 @@ def test_damaged_manifest_objects_never_stop_run_or_status(
     assert status.returncode == 0, status.stderr
     shown = json.loads(status.stdout)
     assert shown["head_damaged"] and shown["feeds"]["domains"]["complete_days"] == 3
+    text = cli(["status", "--out", str(tmp_path)])
+    assert text.returncode == 0 and "manifest head is damaged" in text.stdout
     again = harvest(sim.url, str(tmp_path), feeds=",".join(FEEDS))
     assert again.ok and again.feeds["ips"].done == 3  # ips's month was unreadable: redone
     assert_lake_exact(str(tmp_path), truth(sim))
