@@ -174,7 +174,7 @@ async def _check_feed(
             1 for w in current.part.windows.values() if broken.intersection(w.files)
         )
     if leases is not None and not check.ok:
-        check.repaired = await _repair(store, manifest, feed, parts, check, leases)
+        check.repaired = await _repair(store, manifest, feed, parts, listed, check, leases)
     return check
 
 
@@ -234,10 +234,18 @@ async def _repair(
     manifest: Manifest,
     feed: str,
     parts: dict[str, Versioned],
+    listed: dict[str, ObjectInfo],
     check: FeedCheck,
     leases: Leases,
 ) -> bool:
-    """Make the damaged windows incomplete and delete unrecorded files, month by month."""
+    """Make the damaged windows incomplete and delete unrecorded files, month by month.
+
+    What the check found may be out of date by the time a month's lease is ours: a run
+    may have committed that month in between (recorded the file found unrecorded,
+    rewritten the file found damaged). So under the lease the partition is read again,
+    and only what is still as found is acted on: a file record unchanged since the
+    check, a file still unrecorded, deleted only at the version listed.
+    """
     broken = set(check.broken)
     unrecorded = set(check.unrecorded)
     months = sorted(set(parts) | {day_of_key(k)[:7] for k in unrecorded if day_of_key(k)})
@@ -247,27 +255,34 @@ async def _repair(
             log.warning("verify.month_held", feed=feed, month=month)
             done = False
             continue
-        current = parts.get(month)
-        if current is not None:
-            drop_windows = [
-                w.start for w in current.part.windows.values() if broken.intersection(w.files)
-            ]
-            drop_files = [k for k in current.part.files if k in broken]
-            if drop_windows or drop_files or current.damaged is not None:
+        seen = parts.get(month)
+        fresh = await manifest.read_partition(feed, month)
+        still = {
+            k
+            for k in broken
+            if seen is not None
+            and k in seen.part.files
+            and fresh.part.files.get(k) == seen.part.files[k]
+        }
+        drop_windows = [w.start for w in fresh.part.windows.values() if still.intersection(w.files)]
+        drop_files = sorted(still)
+        if drop_windows or drop_files or fresh.damaged is not None:
 
-                def change(
-                    part: Partition, dw: list[int] = drop_windows, df: list[str] = drop_files
-                ) -> Partition:
-                    return part.with_changes(drop_windows=dw, drop_files=df)
+            def change(
+                part: Partition, dw: list[int] = drop_windows, df: list[str] = drop_files
+            ) -> Partition:
+                return part.with_changes(drop_windows=dw, drop_files=df)
 
-                updated = await manifest.update_partition(
-                    feed, month, change, token=leases.token((feed, month))
-                )
-                assert updated.version is not None
-                await manifest.update_head(_heal(updated.part, updated.version))
+            updated = await manifest.update_partition(
+                feed, month, change, token=leases.token((feed, month))
+            )
+            assert updated.version is not None
+            await manifest.update_head(_heal(updated.part, updated.version))
         for key in sorted(k for k in unrecorded if day_of_key(k)[:7] == month):
+            if key in fresh.part.files:
+                continue  # recorded by a run that committed since the check
             try:
-                await store.delete(key)
+                await store.delete(key, expect=listed[key].version)
             except (Conflict, StorageError) as exc:
                 log.warning("verify.delete_failed", key=key, error=str(exc))
                 done = False
