@@ -29,16 +29,17 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import structlog
 
-from harvester.errors import ConfigError
+from harvester.errors import ConfigError, unwrap
 from harvester.intel.aggregate import batch_partials, indicator_rows, merge_month, prepare_day
 from harvester.intel.engine import Engine
 from harvester.intel.resources import DEFAULT_MEMORY_LIMIT, check_memory_limit, memory_bytes
@@ -136,7 +137,7 @@ async def build_indicators(
     source = source or HiveDaySource(store)
     began = time.monotonic()
     previous = None if options.rebuild else decode_state(await store.get_bytes(STATE_KEY))
-    listed = await asyncio.gather(*(source.day_versions(feed) for feed in FEEDS))
+    listed = await _all([source.day_versions(feed) for feed in FEEDS])
     current: Versions = {feed: dict(days) for feed, days in zip(FEEDS, listed, strict=True)}
     plan = plan_update(previous, current)
     partials = await _partials(store)
@@ -263,9 +264,7 @@ async def _aggregate_days(
     batch: list[tuple[str, date, pa.Table]] = []
     for start in range(0, len(reads), options.read_ahead):
         group = reads[start : start + options.read_ahead]
-        tables = await asyncio.gather(
-            *(source.read_day(feed, day, feed_columns(feed)) for feed, day in group)
-        )
+        tables = await _all([source.read_day(feed, day, feed_columns(feed)) for feed, day in group])
         batch += [(f, d, prepare_day(t)) for (f, d), t in zip(group, tables, strict=True)]
         del tables
         last = start + options.read_ahead >= len(reads)
@@ -343,3 +342,16 @@ def _rows_per_bucket(memory_limit: str) -> int:
 
 def _remove_tree(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
+
+
+_T = TypeVar("_T")
+
+
+async def _all(calls: Sequence[Coroutine[Any, Any, _T]]) -> list[_T]:
+    """Await ``calls`` concurrently, in order; the first failure cancels the rest."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(call) for call in calls]
+    except BaseExceptionGroup as errors:
+        raise unwrap(errors) from None
+    return [task.result() for task in tasks]
