@@ -114,7 +114,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     add(
         "--prefetch",
         metavar="N",
-        help=f"pages fetched ahead inside one window{_default('prefetch')}",
+        help=f"pages fetched ahead inside one query span{_default('prefetch')}",
     )
     add(
         "--attempts",
