@@ -543,11 +543,10 @@ class Harvest:
         folder: Path,
     ) -> None:
         queue = work.queue
-        blocked = [
-            month
-            for month in months_between(span.start, span.end)
-            if not await leases.acquire((span.feed, month))
-        ]
+        # The months its windows *start* in: a window longer than a day may end in the
+        # next month, whose lease it does not need (nor must wait for).
+        months = months_between(span.start, span.end - self.step + 1)
+        blocked = [month for month in months if not await leases.acquire((span.feed, month))]
         if blocked:
             held = Spans.of(month_domain(m, self.step) for m in blocked)
             queue.give_back(span)
@@ -564,7 +563,7 @@ class Harvest:
                 )
             return
         meanwhile = Spans()
-        for month in months_between(span.start, span.end):
+        for month in months:
             meanwhile = meanwhile | await self._recheck((span.feed, month), leases, work, committer)
         done_meanwhile = meanwhile.clip(span.start, span.end)
         if done_meanwhile:
