@@ -7,16 +7,26 @@ reason when the fix is a design question left to the lead).
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from harvester import api
 from harvester.leases import Lease, Owner, lease_key
+from harvester.manifest.io import Manifest
+from harvester.storage import LocalStore
+from harvester.verify import verify
 from lakecheck import assert_lake_exact
 
 from harvesting import SIM_KEY, _fast_sleep
+
+HERE = Path(__file__).parent
 
 
 def at(day: str) -> datetime:
@@ -67,3 +77,101 @@ def test_a_week_window_ending_in_a_held_month_does_not_need_that_months_lease(
     assert not result.failures and not result.held_by, result
     truth = sim.dataset.truth("ips", at("2024-02-01"), at("2024-03-07"))
     assert_lake_exact(str(out), {"ips": truth})
+
+
+# --- 2. kill -9 between a day file's rewrite and its partition, then the same command ----
+
+
+def killed_run(url: str, out: Path, kill: tuple[str, str, int], **options: Any) -> int:
+    """Run a harvest in a real process that SIGKILLs itself at ``kill``; its exit code."""
+    spec = {
+        "options": {"out": str(out), "base_url": url, "rate": 1000, **options},
+        "key": SIM_KEY,
+        "kill": list(kill),
+    }
+    done = subprocess.run(
+        [sys.executable, str(HERE / "killpoint.py"), orjson.dumps(spec).decode()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stdout + done.stderr[-3000:]
+    return done.returncode
+
+
+def run(url: str, out: Path, **options: Any) -> Any:
+    """One harvest in this process."""
+    merged = {"out": str(out), "base_url": url, "rate": 1000, "concurrency": 4, **options}
+    config = api.make_config(env={}, **merged)
+    return asyncio.run(api.aharvest(config, api_key=SIM_KEY, sleep=_fast_sleep))
+
+
+def verified(out: Path) -> dict[str, Any]:
+    """What ``harvester verify --deep`` finds, per feed (no repair)."""
+
+    async def go() -> dict[str, Any]:
+        store = LocalStore(out)
+        report = await verify(store, deep=True)
+        return {feed: check.to_json() for feed, check in report.feeds.items()}
+
+    return asyncio.run(go())
+
+
+def test_a_day_rewritten_by_a_killed_run_is_recorded_as_it_is_by_the_rerun(
+    sim: Any, tmp_path: Path
+) -> None:
+    """Killed after rewriting a day's file and before recording it; the rerun records it.
+
+    The first run completes the day's first twelve hours. The second harvests the other
+    twelve into the same day file and is killed before its partition write. Rerun, it
+    finds the file already holding exactly the rows it brought, and used to leave it
+    alone -- and the manifest with the old version and size of that file, which
+    ``verify`` then calls damaged (and ``--repair`` would throw a good day away).
+    """
+    out = tmp_path / "lake"
+    common = {"feeds": "ips", "window": "1h"}
+    run(sim.url, out, after="2024-01-01", before="2024-01-01T12:00:00Z", **common)
+    killed_run(
+        sim.url,
+        out,
+        ("write", "_manifest/ips/*", 1),
+        after="2024-01-01T12:00:00Z",
+        before="2024-01-02",
+        **common,
+    )
+    result = run(sim.url, out, after="2024-01-01T12:00:00Z", before="2024-01-02", **common)
+    assert not result.failures
+    truth = sim.dataset.truth("ips", at("2024-01-01"), at("2024-01-02"))
+    assert_lake_exact(str(out), {"ips": truth})
+    found = verified(out)
+    assert found["ips"]["ok"], found
+
+
+def test_a_lookback_killed_after_rewriting_a_day_is_recorded_by_the_rerun(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    """The same with ``--lookback``: the rerun records the late rows the killed run wrote.
+
+    Without that, the window kept its old row count and the file its old size.
+    """
+    server = make_sim()
+    out = tmp_path / "lake"
+    common = {"feeds": "ips", "after": "2024-01-01", "before": "2024-01-03"}
+    run(server.url, out, **common)
+    server.add_records("ips", date(2024, 1, 2), 9)
+    killed_run(server.url, out, ("write", "_manifest/ips/*", 1), lookback="1d", **common)
+    result = run(server.url, out, lookback="1d", **common)
+    assert not result.failures
+    assert_lake_exact(
+        str(out), {"ips": server.dataset.truth("ips", at("2024-01-01"), at("2024-01-03"))}
+    )
+    found = verified(out)
+    assert found["ips"]["ok"], found
+    part = asyncio.run(Manifest(LocalStore(out)).read_partition("ips", "2024-01")).part
+    (day_file,) = [f for f in part.files.values() if f.day == "2024-01-02"]
+    window = part.windows[int(at("2024-01-02").timestamp())]
+    assert (
+        window.rows
+        == day_file.rows
+        == len(server.dataset.truth("ips", at("2024-01-02"), at("2024-01-03")))
+    )
