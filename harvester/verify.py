@@ -24,6 +24,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import date
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -31,10 +32,10 @@ import structlog
 
 from harvester.errors import Conflict, StorageError
 from harvester.intervals import Spans
-from harvester.lake.layout import is_legacy
+from harvester.lake.layout import day_start, is_legacy
 from harvester.leases import Leases
 from harvester.manifest.io import PARTITION, Manifest, Versioned, partition_key
-from harvester.manifest.model import FileRecord, Head, Partition
+from harvester.manifest.model import FileRecord, Head, Partition, month_of
 from harvester.storage import ObjectInfo, Store
 
 log = structlog.get_logger("harvester")
@@ -51,6 +52,8 @@ class FeedCheck:
     wrong_rows: list[str] = field(default_factory=list)
     unrecorded: list[str] = field(default_factory=list)
     damaged_partitions: list[str] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+    """The version each unrecorded file was listed at (a repair deletes only that one)."""
     windows_lost: int = 0
     """Complete windows whose rows are (partly) gone: harvested again after a repair."""
     repaired: bool = False
@@ -147,6 +150,38 @@ async def _check_feed(
     months = sorted(head.feed(feed).months) or await _months_on_disk(store, feed)
     parts = await manifest.read_partitions(feed, months)
     recorded: set[str] = set()
+    _check_parts(feed, parts, listed, recorded, check)
+    # A run killed between writing a partition and the head leaves a month the head does
+    # not list yet: its files are recorded there, not unrecorded. Read those months too
+    # (only when such a file turns up, so a sound lake costs no extra read).
+    unknown = {_month_of_key(k, head.window) for k in listed if k not in recorded}
+    extra = sorted(unknown - set(parts) - {""})
+    if extra:
+        more = await manifest.read_partitions(feed, extra)
+        _check_parts(feed, more, listed, recorded, check)
+        parts = {**parts, **more}
+    if deep:
+        await _deep(store, [parts[m].part for m in parts], listed, check)
+    check.unrecorded = sorted(k for k in listed if k not in recorded and "/data/" not in k)
+    check.versions = {k: listed[k].version for k in check.unrecorded}
+    broken = set(check.broken)
+    for current in parts.values():
+        check.windows_lost += sum(
+            1 for w in current.part.windows.values() if broken.intersection(w.files)
+        )
+    if leases is not None and not check.ok:
+        check.repaired = await _repair(store, manifest, feed, parts, check, leases, head.window)
+    return check
+
+
+def _check_parts(
+    feed: str,
+    parts: dict[str, Versioned],
+    listed: dict[str, ObjectInfo],
+    recorded: set[str],
+    check: FeedCheck,
+) -> None:
+    """Compare the files ``parts`` record with the listing; note what they record."""
     for month, current in parts.items():
         if current.damaged is not None:
             check.damaged_partitions.append(partition_key(feed, month))
@@ -157,17 +192,18 @@ async def _check_feed(
             if record.key not in listed and _folding(record, complete):
                 continue
             _compare(record, listed.get(record.key), check)
-    if deep:
-        await _deep(store, [parts[m].part for m in parts], listed, check)
-    check.unrecorded = sorted(k for k in listed if k not in recorded and "/data/" not in k)
-    broken = set(check.broken)
-    for current in parts.values():
-        check.windows_lost += sum(
-            1 for w in current.part.windows.values() if broken.intersection(w.files)
-        )
-    if leases is not None and not check.ok:
-        check.repaired = await _repair(store, manifest, feed, parts, check, leases)
-    return check
+
+
+def _month_of_key(key: str, step: int) -> str:
+    """The month whose partition records data file ``key``: its first window's month.
+
+    A window longer than a day that starts in one month may hold days of the next.
+    """
+    day = day_of_key(key)
+    if not day:
+        return ""
+    start = day_start(date.fromisoformat(day))
+    return month_of(start // step * step)
 
 
 async def _months_on_disk(store: Store, feed: str) -> list[str]:
@@ -228,11 +264,13 @@ async def _repair(
     parts: dict[str, Versioned],
     check: FeedCheck,
     leases: Leases,
+    step: int,
 ) -> bool:
     """Make the damaged windows incomplete and delete unrecorded files, month by month."""
     broken = set(check.broken)
     unrecorded = set(check.unrecorded)
-    months = sorted(set(parts) | {day_of_key(k)[:7] for k in unrecorded if day_of_key(k)})
+    owner = {k: _month_of_key(k, step) for k in unrecorded}
+    months = sorted(set(parts) | {m for m in owner.values() if m})
     done = True
     for month in months:
         if not await leases.acquire((feed, month)):
@@ -240,6 +278,16 @@ async def _repair(
             done = False
             continue
         current = parts.get(month)
+        # The listing was taken before the lease: a run may have recorded a file since
+        # (and then given the month up). Only files the partition still does not record
+        # are deleted, and only as they were listed.
+        now = (await manifest.read_partition(feed, month)).part
+        for key in sorted(k for k in unrecorded if owner[k] == month and k not in now.files):
+            try:
+                await store.delete(key, expect=check.versions.get(key))
+            except (Conflict, StorageError) as exc:
+                log.warning("verify.delete_failed", key=key, error=str(exc))
+                done = False
         if current is not None:
             drop_windows = [
                 w.start for w in current.part.windows.values() if broken.intersection(w.files)
@@ -257,12 +305,6 @@ async def _repair(
                 )
                 assert updated.version is not None
                 await manifest.update_head(_heal(updated.part, updated.version))
-        for key in sorted(k for k in unrecorded if day_of_key(k)[:7] == month):
-            try:
-                await store.delete(key)
-            except (Conflict, StorageError) as exc:
-                log.warning("verify.delete_failed", key=key, error=str(exc))
-                done = False
     return done
 
 
