@@ -711,10 +711,36 @@ class Harvest:
             fresh = Spans()
             if block in leases.taken_over:
                 feed, month = block
-                fresh = self._complete(await self.manifest.read_partition(feed, month))
+                current = await self.manifest.read_partition(feed, month)
+                fresh = self._complete(current)
                 self._skip_done(feed, work.queue.remaining(feed) & fresh, work, committer)
+                await self._adopt_month(current)
             self._rechecked[block] = fresh
             return fresh
+
+    async def _adopt_month(self, current: Versioned) -> None:
+        """Record in the head a month a run wrote the partition of, and then died.
+
+        Killed between writing a new month's partition and the head, a run leaves the
+        head without that month; nothing else would ever add it (the plan reads only
+        the months the head knows), so ``status`` and ``--since-last`` would miss those
+        windows for good. Only a month the head does not know at all is added: one it
+        knows is the plan's to heal, and a newer writer's summary is never undone.
+        """
+        part, version = current.part, current.version
+        if version is None or not part.windows:
+            return
+
+        def change(head: Head | None) -> Head:
+            assert head is not None
+            if part.month in head.feed(part.feed).months:
+                return head
+            return head.with_partition(part, version)
+
+        head, _ = await self.manifest.read_head()
+        if head is not None and part.month not in head.feed(part.feed).months:
+            log.warning("manifest.head_healed", months=1, feed=part.feed, month=part.month)
+            await self.manifest.update_head(change)
 
     def _complete(self, current: Versioned) -> Spans:
         """The windows of ``current`` complete as this run wants them.

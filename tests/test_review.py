@@ -175,3 +175,95 @@ def test_a_lookback_killed_after_rewriting_a_day_is_recorded_by_the_rerun(
         == day_file.rows
         == len(server.dataset.truth("ips", at("2024-01-02"), at("2024-01-03")))
     )
+
+
+# --- 3. verify --repair on a lake whose head a crash left behind its partitions ----------
+
+
+def repaired(out: Path) -> dict[str, Any]:
+    """What ``harvester verify --repair`` finds and does, per feed."""
+
+    async def go() -> dict[str, Any]:
+        store = LocalStore(out)
+        report = await verify(store, repair=True)
+        return {feed: check.to_json() for feed, check in report.feeds.items()}
+
+    return asyncio.run(go())
+
+
+def test_verify_repair_never_deletes_files_a_partition_records_that_the_head_misses(
+    sim: Any, tmp_path: Path
+) -> None:
+    """Killed after writing a new month's partition, before the head records the month.
+
+    verify read only the months the head lists: the new month's recorded files looked
+    unrecorded, and ``--repair`` deleted them while the partition still called their
+    windows complete. The next run then failed those windows for good ("missing
+    although the manifest records it; run verify --repair"), and verify, still not
+    reading that month, found nothing to repair.
+    """
+    out = tmp_path / "lake"
+    run(sim.url, out, feeds="ips", after="2024-01-30", before="2024-02-01")
+    # the head writes of a run: the first when it starts, the second records the commit
+    killed_run(
+        sim.url,
+        out,
+        ("write", "_manifest/_head.json", 2),
+        feeds="ips",
+        after="2024-02-01",
+        before="2024-02-03",
+    )
+    assert (out / "_manifest/ips/2024-02.json").exists()  # the partition was written
+    found = repaired(out)
+    assert found["ips"]["unrecorded"] == [], found
+    result = run(sim.url, out, feeds="ips", after="2024-01-30", before="2024-02-03")
+    assert not result.failures, result.failures
+    truth = sim.dataset.truth("ips", at("2024-01-30"), at("2024-02-03"))
+    assert_lake_exact(str(out), {"ips": truth})
+    assert verified(out)["ips"]["ok"]
+    # and the head, which status and --since-last read, has caught up with the month
+    head = orjson.loads((out / "_manifest/_head.json").read_bytes())
+    assert "2024-02" in head["feeds"]["ips"]["months"], head["feeds"]["ips"]
+
+
+class BeforeLease(LocalStore):
+    """A local lake that runs ``hook`` once, just before the first lease is read."""
+
+    def __init__(self, root: Path, hook: Any) -> None:
+        super().__init__(root)
+        self.hook = hook
+
+    async def read(self, key: str) -> Any:
+        if key.startswith("_leases/") and self.hook is not None:
+            hook, self.hook = self.hook, None
+            await hook()
+        return await super().read(key)
+
+
+def test_verify_repair_keeps_a_file_a_run_recorded_after_the_listing(
+    sim: Any, tmp_path: Path
+) -> None:
+    """A run records a day file between verify's listing and its repair of that month.
+
+    verify listed the file while it was unrecorded (a run killed before recording it);
+    the rerun then recorded it and gave the month up; the repair, taking the free
+    lease, deleted the file on the strength of its stale listing: rows lost, while
+    the manifest called their windows complete.
+    """
+    out = tmp_path / "lake"
+    run(sim.url, out, feeds="ips", after="2024-01-01", before="2024-01-02")
+    common = {"feeds": "ips", "after": "2024-01-02", "before": "2024-01-03"}
+    killed_run(sim.url, out, ("write", "_manifest/ips/*", 1), **common)
+
+    async def rerun() -> None:
+        config = api.make_config(env={}, out=str(out), base_url=sim.url, rate=1000, **common)
+        result = await api.aharvest(config, api_key=SIM_KEY, sleep=_fast_sleep)
+        assert not result.failures
+
+    async def go() -> Any:
+        return await verify(BeforeLease(out, rerun), repair=True)
+
+    asyncio.run(go())
+    truth = sim.dataset.truth("ips", at("2024-01-01"), at("2024-01-03"))
+    assert_lake_exact(str(out), {"ips": truth})
+    assert verified(out)["ips"]["ok"]
