@@ -159,6 +159,10 @@ class Leases:
         self.taken_over: set[Block] = set()
         """Blocks this run took from another run (released, expired or dead): that run
         may have completed some of their windows after this run planned."""
+        self.seized: set[Block] = set()
+        """Blocks taken from a lease that was never handed back (expired, or its owner
+        died): that owner, if alive after all, may still write, so the new holder
+        fences it off (writes its token into the partition) before it reads or commits."""
         self._lock = asyncio.Lock()
         _ACTIVE.add(run_id)
 
@@ -210,6 +214,7 @@ class Leases:
                     self.taken_over.add(block)
                 if current is not None and not mine and not current.released:
                     # Not handed back: its owner died, or stopped renewing (another host).
+                    self.seized.add(block)
                     log.warning(
                         "lease.taken_over",
                         feed=block[0],

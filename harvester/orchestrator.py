@@ -57,7 +57,7 @@ from harvester.lake.spool import Spool
 from harvester.lake.writer import DayWriter
 from harvester.leases import Block, Leases
 from harvester.manifest import legacy
-from harvester.manifest.io import Manifest, Versioned
+from harvester.manifest.io import Fenced, Manifest, Versioned
 from harvester.manifest.model import Head, MonthSummary, Partition, month_domain, months_between
 from harvester.paging import page_through
 from harvester.planner import FeedPlan, Plan, shard_share, windows_in
@@ -711,12 +711,33 @@ class Harvest:
             fresh = Spans()
             if block in leases.taken_over:
                 feed, month = block
-                current = await self.manifest.read_partition(feed, month)
+                current = await self._fence(block, leases)
                 fresh = self._complete(current)
                 self._skip_done(feed, work.queue.remaining(feed) & fresh, work, committer)
                 await self._adopt_month(current)
             self._rechecked[block] = fresh
             return fresh
+
+    async def _fence(self, block: Block, leases: Leases) -> Versioned:
+        """The block's partition; for a seized lease, first stamped with this run's token.
+
+        The run whose lease expired may be alive (a stalled process, a clock that
+        disagrees) and about to commit. Once the partition carries the newer token, its
+        partition write is refused (:class:`~harvester.manifest.io.Fenced`), so any day
+        file it writes stays unrecorded, and this run may replace it. Without the fence,
+        it could record a file after this run read the partition, and this run would
+        replace that file taking it for a killed run's leftover: rows lost.
+        """
+        feed, month = block
+        if block not in leases.seized:
+            return await self.manifest.read_partition(feed, month)
+        try:
+            return await self.manifest.update_partition(
+                feed, month, lambda part: part, token=leases.token(block)
+            )
+        except Fenced:
+            leases.lost.add(block)  # a newer run has it already: commit nothing of it
+            return await self.manifest.read_partition(feed, month)
 
     async def _adopt_month(self, current: Versioned) -> None:
         """Record in the head a month a run wrote the partition of, and then died.

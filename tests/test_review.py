@@ -7,6 +7,7 @@ reason when the fix is a design question left to the lead).
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import subprocess
 import sys
@@ -16,15 +17,24 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
-from harvester import api
-from harvester.leases import Lease, Owner, lease_key
+from harvester import api, orchestrator
+from harvester.committer import Committer
+from harvester.intervals import Spans
+from harvester.lake.spool import Spool
+from harvester.lake.writer import DayWriter
+from harvester.leases import Lease, Leases, Owner, lease_key
 from harvester.manifest.io import Manifest
+from harvester.manifest.model import Head
+from harvester.report import FeedSummary
+from harvester.schemas import FEEDS, items_to_table
+from harvester.spans import Span
 from harvester.storage import LocalStore
 from harvester.verify import verify
-from lakecheck import assert_lake_exact
 
 from harvesting import SIM_KEY, _fast_sleep
+from lakecheck import assert_lake_exact, lake_rows
 
 HERE = Path(__file__).parent
 
@@ -32,6 +42,11 @@ HERE = Path(__file__).parent
 def at(day: str) -> datetime:
     """Midnight UTC of ``day``."""
     return datetime.fromisoformat(day).replace(tzinfo=UTC)
+
+
+def parse_epoch(stamp: str) -> int:
+    """An API stamp in epoch seconds."""
+    return int(datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp())
 
 
 def write_lease(out: Path, feed: str, month: str, *, expires: float, host: str) -> Owner:
@@ -266,4 +281,105 @@ def test_verify_repair_keeps_a_file_a_run_recorded_after_the_listing(
     asyncio.run(go())
     truth = sim.dataset.truth("ips", at("2024-01-01"), at("2024-01-03"))
     assert_lake_exact(str(out), {"ips": truth})
+    assert verified(out)["ips"]["ok"]
+
+
+# --- 4. two holders of one lease (clocks that disagree): the older must not cost rows ----
+
+
+class GateFirstCommit(LocalStore):
+    """A local lake that runs ``hook`` once, just before the first data file is committed."""
+
+    def __init__(self, root: Path, hook: Any) -> None:
+        super().__init__(root)
+        self.hook = hook
+
+    async def commit(self, staged: Path, key: str, *, expect: Any = None) -> Any:
+        if key.endswith(".parquet") and self.hook is not None:
+            hook, self.hook = self.hook, None
+            await hook()
+        return await super().commit(staged, key, expect=expect)
+
+
+def committer(store: Any, leases: Leases, folder: Path, run_id: str, todo: Spans) -> Committer:
+    """A real committer of ``ips`` with 1h windows."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return Committer(
+        manifest=Manifest(store),
+        writer=DayWriter(store, folder),
+        leases=leases,
+        todo={"ips": todo},
+        step=3600,
+        fingerprint="fp",
+        query={},
+        run_id=run_id,
+        summaries={"ips": FeedSummary()},
+        failures=[],
+        commit_every=0.0,
+    )
+
+
+def spooled(folder: Path, items: list[dict[str, Any]]) -> Spool:
+    """``items`` in a spool, as a span's paging leaves them."""
+    spool = Spool(folder / f"{len(items)}-{time.time_ns()}.arrow", FEEDS["ips"].schema)
+    spool.append(items_to_table(FEEDS["ips"], items))
+    spool.close()
+    return spool
+
+
+def test_a_run_that_took_over_an_expired_lease_never_drops_the_old_holders_rows(
+    sim: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run B's clock is an hour ahead: it takes run A's lease for expired while A works.
+
+    The leases module promises that the fencing token and compare-and-set keep the lake
+    correct even then. A (a committer mid-run) commits the morning of 2024-01-01 (hourly
+    windows) after B read the month's partition for its own commit of the evening: B
+    then met a day file it did not know, took it for a killed run's leftover and
+    replaced it with its rows alone, while the partition kept A's windows complete --
+    their rows gone, and verify, even --deep, none the wiser.
+    """
+    out = tmp_path / "lake"
+    store = LocalStore(out)
+    day = int(at("2024-01-01").timestamp())
+    rows = sim.dataset.truth("ips", at("2024-01-01"), at("2024-01-02"))
+    noon = "2024-01-01T12:00:00Z"
+    skewed = functools.partial(Leases, clock=lambda: time.time() + 3600)
+    monkeypatch.setattr(orchestrator, "Leases", skewed)
+
+    async def go() -> Any:
+        manifest = Manifest(store)
+        await manifest.update_head(lambda h: h or Head(table_format="hive", window=3600))
+        a = Leases(store, "run-a", ttl=60)
+        assert await a.acquire(("ips", "2024-01"))
+        run_a = committer(store, a, tmp_path / "a", "run-a", Spans.one(day, day + 12 * 3600))
+        run_a.finished(
+            Span(feed="ips", start=day, end=day + 12 * 3600),
+            spooled(tmp_path / "a", [i for i in rows if i["timestamp"] < noon]),
+        )
+        config = api.make_config(
+            env={},
+            out=str(out),
+            base_url=sim.url,
+            feeds="ips",
+            window="1h",
+            after=noon,
+            before="2024-01-02",
+            rate=1000,
+        )
+        # B takes the lease, harvests the evening, and A commits just before B's write
+        b_store = GateFirstCommit(out, run_a.flush)
+        result = await api.aharvest(config, api_key=SIM_KEY, store=b_store, sleep=_fast_sleep)
+        await a.release_all()
+        return result
+
+    asyncio.run(go())
+    part = asyncio.run(Manifest(store).read_partition("ips", "2024-01")).part
+    complete = part.complete()
+    held = [i for i in rows if complete.containing(parse_epoch(i["timestamp"]))]
+    assert held, "no window of the day is complete"
+    got = lake_rows(str(out), "ips")
+    assert len(got) >= len(held), (
+        f"the partition calls {len(held)} rows complete, the day file holds {len(got)}"
+    )
     assert verified(out)["ips"]["ok"]
