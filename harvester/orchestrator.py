@@ -710,7 +710,7 @@ class Harvest:
                 return known
             fresh = Spans()
             if block in leases.taken_over:
-                feed, month = block
+                feed = block[0]
                 current = await self._fence(block, leases)
                 fresh = self._complete(current)
                 self._skip_done(feed, work.queue.remaining(feed) & fresh, work, committer)
