@@ -21,23 +21,33 @@ import orjson
 from harvester import api
 from harvester.storage import open_store
 
+MUTATIONS = ("write", "commit", "delete")
+
 
 def killing(store: Any, method: str, glob: str, n: int) -> Any:
-    """``store`` whose ``n``-th matching ``method`` call kills the process first."""
+    """``store`` whose ``n``-th matching ``method`` call kills the process first.
+
+    ``method`` ``"any"`` counts writes, commits and deletes together.
+    """
     seen = 0
-    real = getattr(store, method)
 
-    async def wrapped(*args: Any, **kwargs: Any) -> Any:
-        nonlocal seen
-        key = args[1] if method == "commit" else args[0]
-        if fnmatchcase(key, glob):
-            seen += 1
-            if seen == n:
-                sys.stdout.flush()
-                os.kill(os.getpid(), signal.SIGKILL)
-        return await real(*args, **kwargs)
+    def wrap(name: str) -> None:
+        real = getattr(store, name)
 
-    setattr(store, method, wrapped)
+        async def wrapped(*args: Any, **kwargs: Any) -> Any:
+            nonlocal seen
+            key = args[1] if name == "commit" else args[0]
+            if fnmatchcase(key, glob):
+                seen += 1
+                if seen == n:
+                    sys.stdout.flush()
+                    os.kill(os.getpid(), signal.SIGKILL)
+            return await real(*args, **kwargs)
+
+        setattr(store, name, wrapped)
+
+    for name in MUTATIONS if method == "any" else (method,):
+        wrap(name)
     return store
 
 
@@ -47,7 +57,10 @@ async def main(spec: dict[str, Any]) -> None:
     store = open_store(config.out, s3_endpoint_url=config.s3_endpoint_url)
     method, glob, n = spec["kill"]
     killing(store, method, glob, int(n))
-    await api.aharvest(config, api_key=spec["key"], store=store)
+    try:
+        await api.aharvest(config, api_key=spec["key"], store=store)
+    finally:
+        await store.close()
     print("finished without reaching the kill point", flush=True)
 
 
