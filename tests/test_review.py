@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import shutil
 import signal
 import subprocess
 import sys
@@ -34,11 +33,11 @@ from harvester.paging import page_through
 from harvester.report import FeedSummary
 from harvester.schemas import FEEDS, items_to_table
 from harvester.spans import Span
-from harvester.storage import LocalStore
+from harvester.storage import LocalStore, open_store
 from harvester.verify import verify
 
 from harvesting import SIM_KEY, _fast_sleep
-from lakecheck import assert_lake_exact, lake_rows
+from lakecheck import assert_lake_exact, duckdb_for_s3, lake_rows
 
 HERE = Path(__file__).parent
 
@@ -102,7 +101,12 @@ def test_a_week_window_ending_in_a_held_month_does_not_need_that_months_lease(
 
 
 def killed_run(
-    url: str, out: Path, kill: tuple[str, str, int], *, may_finish: bool = False, **options: Any
+    url: str,
+    out: Path | str,
+    kill: tuple[str, str, int],
+    *,
+    may_finish: bool = False,
+    **options: Any,
 ) -> int:
     """Run a harvest in a real process that SIGKILLs itself at ``kill``; its exit code.
 
@@ -126,19 +130,22 @@ def killed_run(
     return done.returncode
 
 
-def run(url: str, out: Path, **options: Any) -> Any:
+def run(url: str, out: Path | str, **options: Any) -> Any:
     """One harvest in this process."""
     merged = {"out": str(out), "base_url": url, "rate": 1000, "concurrency": 4, **options}
     config = api.make_config(env={}, **merged)
     return asyncio.run(api.aharvest(config, api_key=SIM_KEY, sleep=_fast_sleep))
 
 
-def verified(out: Path) -> dict[str, Any]:
+def verified(out: Path | str, endpoint: str | None = None) -> dict[str, Any]:
     """What ``harvester verify --deep`` finds, per feed (no repair)."""
 
     async def go() -> dict[str, Any]:
-        store = LocalStore(out)
-        report = await verify(store, deep=True)
+        store = open_store(str(out), s3_endpoint_url=endpoint)
+        try:
+            report = await verify(store, deep=True)
+        finally:
+            await store.close()
         return {feed: check.to_json() for feed, check in report.feeds.items()}
 
     return asyncio.run(go())
@@ -446,8 +453,9 @@ def test_a_shift_inside_a_run_of_identical_records_is_caught() -> None:
 # --- 6. kill -9 before every store mutation of a run, then the same command -------------
 
 
+@pytest.mark.parametrize("where", ["local", "s3"])
 def test_a_kill_before_any_store_mutation_then_the_same_command_is_exact(
-    sim: Any, tmp_path: Path
+    sim: Any, tmp_path: Path, where: str, request: pytest.FixtureRequest
 ) -> None:
     """Every write, commit and delete of a run that extends a day and starts another.
 
@@ -462,17 +470,22 @@ def test_a_kill_before_any_store_mutation_then_the_same_command_is_exact(
         f: sim.dataset.truth(f, at("2024-01-01"), at("2024-01-02T12:00:00"))
         for f in ("ips", "domains")
     }
+    endpoint = con = None
+    if where == "s3":
+        endpoint, bucket = request.getfixturevalue("s3_bucket")
+        common["s3_endpoint_url"] = endpoint
+        args["s3_endpoint_url"] = endpoint
+        con = duckdb_for_s3(endpoint)
     n = 1
     while True:
-        out = tmp_path / f"kill-{n}"
+        out = f"s3://{bucket}/kill-{n}" if endpoint else str(tmp_path / f"kill-{n}")
         run(sim.url, out, after="2024-01-01", before="2024-01-01T12:00:00Z", **common)
         if not killed_run(sim.url, out, ("any", "*", n), may_finish=True, **args):
             break
         result = run(sim.url, out, **args)
         assert not result.failures, (n, result.failures)
-        assert_lake_exact(str(out), truth)
-        found = verified(out)
+        assert_lake_exact(out, truth, con=con)
+        found = verified(out, endpoint)
         assert all(check["ok"] for check in found.values()), (n, found)
-        shutil.rmtree(out)
         n += 1
     assert n > 10  # the run did reach that many mutations
