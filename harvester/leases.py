@@ -238,13 +238,32 @@ class Leases:
                     info = await self.store.write(
                         lease_key(*block), lease.to_json(), expect=version
                     )
+                    version = info.version
                 except Conflict:
-                    newly.add(block)
-                    log.error("lease.lost", feed=block[0], month=block[1], token=token)
-                    continue
-                self._held[block] = (token, info.version)
+                    # A retried PUT whose first attempt landed (its answer lost) also
+                    # ends in a 412: the lease may still be ours, one version on.
+                    mine = await self._mine(block, token)
+                    if mine is None:
+                        newly.add(block)
+                        log.error("lease.lost", feed=block[0], month=block[1], token=token)
+                        continue
+                    version = mine
+                self._held[block] = (token, version)
             self.lost |= newly
             return newly
+
+    async def _mine(self, block: Block, token: int) -> str | None:
+        """The lease's version if it still names this run with ``token``, else None."""
+        blob = await self.store.read(lease_key(*block))
+        if blob is None:
+            return None
+        try:
+            lease = Lease.from_json(blob.data)
+        except (ValueError, KeyError, TypeError):
+            return None
+        if lease.owner.run_id != self.owner.run_id or lease.token != token or lease.released:
+            return None
+        return blob.info.version
 
     async def release(self, block: Block) -> None:
         """Give ``block`` up (best effort: an expired lease binds nobody anyway)."""

@@ -31,6 +31,7 @@ from harvester.manifest.io import Manifest
 from harvester.manifest.model import Head
 from harvester.paging import page_through
 from harvester.report import FeedSummary
+from harvester.s3 import S3Store
 from harvester.schemas import FEEDS, items_to_table
 from harvester.spans import Span
 from harvester.storage import LocalStore, open_store
@@ -489,3 +490,38 @@ def test_a_kill_before_any_store_mutation_then_the_same_command_is_exact(
         assert all(check["ok"] for check in found.values()), (n, found)
         n += 1
     assert n > 10  # the run did reach that many mutations
+
+
+# --- 7. S3: a lease renewal whose answer was lost ------------------------------------------
+
+
+def test_a_lease_renewal_whose_answer_was_lost_keeps_the_lease(
+    s3_bucket: tuple[str, str], fault_proxy: Any
+) -> None:
+    """The renewal PUT lands, its answer is lost, botocore retries it and gets a 412.
+
+    The lease is still this run's (its own renewal moved the version on), but it was
+    taken as lost: every window of that month then failed ("lost the lease"), and the
+    lease was never handed back, so another host's run waited out its TTL.
+    """
+    _, bucket = s3_bucket
+    proxy = fault_proxy(plan=["pass", "lost"], match=lambda m, p: m == "PUT" and "/_leases/" in p)
+
+    async def go() -> tuple[set[Any], bool, Lease]:
+        store = S3Store(bucket, "lake", endpoint_url=proxy.url)
+        try:
+            leases = Leases(store, "run-renews", ttl=60)
+            assert await leases.acquire(("ips", "2024-01"))
+            lost = await leases.renew()
+            holds = leases.holds(("ips", "2024-01"))
+            await leases.release_all()
+            blob = await store.read(lease_key("ips", "2024-01"))
+            assert blob is not None
+            return lost, holds, Lease.from_json(blob.data)
+        finally:
+            await store.close()
+
+    lost, holds, final = asyncio.run(go())
+    assert proxy.stats.kinds["lost"] == 1
+    assert not lost and holds
+    assert final.released and final.owner.run_id == "run-renews"
