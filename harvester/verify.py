@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date
@@ -104,15 +105,21 @@ async def verify(
     feeds: Sequence[str] | None = None,
     deep: bool = False,
     repair: bool = False,
-    run_id: str = "verify",
+    run_id: str | None = None,
 ) -> Report:
-    """Check (and with ``repair``, repair) the lake in ``store``; record the result."""
+    """Check (and with ``repair``, repair) the lake in ``store``; record the result.
+
+    ``run_id`` names the leases' owner (a run's own id for ``run --repair``); by
+    default a fresh one, so that two verifies never take each other's leases for
+    their own.
+    """
     manifest = Manifest(store)
     head, _ = await manifest.read_head()
     known = sorted(head.feeds) if head else []
     names = [f for f in (feeds or known) if f in known]
     checks: dict[str, FeedCheck] = {}
-    leases = Leases(store, run_id) if repair else None
+    owner = run_id or f"verify-{uuid.uuid4().hex[:12]}"
+    leases = Leases(store, owner) if repair else None
     try:
         for feed in names:
             assert head is not None

@@ -525,3 +525,24 @@ def test_a_lease_renewal_whose_answer_was_lost_keeps_the_lease(
     assert proxy.stats.kinds["lost"] == 1
     assert not lost and holds
     assert final.released and final.owner.run_id == "run-renews"
+
+
+# --- 8. two `verify --repair` at once --------------------------------------------------------
+
+
+def test_verify_repair_respects_a_month_another_verify_holds(sim: Any, tmp_path: Path) -> None:
+    """A month another live ``verify --repair`` holds is left alone.
+
+    Every verify named its leases' owner "verify": one process took the lease another
+    live verify held (on another host) for its own, and repaired beside it.
+    """
+    out = tmp_path / "lake"
+    run(sim.url, out, feeds="ips", after="2024-01-01", before="2024-01-03")
+    (out / "ips/dt=2024-01-02/part-20240102T000000Z.parquet").unlink()
+    owner = Owner(run_id="verify", host="harvester-far", pid=4242, started=None)
+    path = out / lease_key("ips", "2024-01")
+    path.write_bytes(Lease(owner=owner, token=3, expires=time.time() + 3600).to_json())
+    found = repaired(out)
+    assert found["ips"]["missing"] and not found["ips"]["repaired"], found
+    held = Lease.from_json(path.read_bytes())
+    assert (held.owner, held.token) == (owner, 3)  # untouched
