@@ -22,7 +22,7 @@ import pytest
 from harvester import api, orchestrator
 from harvester.client import Page
 from harvester.committer import Committer
-from harvester.errors import Shifted
+from harvester.errors import ConfigError, Shifted
 from harvester.intervals import Spans
 from harvester.lake.spool import Spool
 from harvester.lake.writer import DayWriter
@@ -546,3 +546,21 @@ def test_verify_repair_respects_a_month_another_verify_holds(sim: Any, tmp_path:
     assert found["ips"]["missing"] and not found["ips"]["repaired"], found
     held = Lease.from_json(path.read_bytes())
     assert (held.owner, held.token) == (owner, 3)  # untouched
+
+
+# --- 9. a damaged head and another --window ---------------------------------------------------
+
+
+def test_a_damaged_head_does_not_let_another_window_size_into_the_lake(
+    sim: Any, tmp_path: Path
+) -> None:
+    """The head is rebuilt from the partitions, with the window size they were cut with.
+
+    It was rebuilt with the run's ``--window``: a damaged head let a lake of daily
+    windows take hourly ones, which the lake refuses otherwise.
+    """
+    out = tmp_path / "lake"
+    run(sim.url, out, feeds="ips", after="2024-01-01", before="2024-01-03")
+    (out / "_manifest/_head.json").write_bytes(b"{not json")
+    with pytest.raises(ConfigError, match="window"):
+        run(sim.url, out, feeds="ips", after="2024-01-03", before="2024-01-04", window="1h")
