@@ -22,7 +22,7 @@ import pytest
 from harvester import api, orchestrator
 from harvester.client import Page
 from harvester.committer import Committer
-from harvester.errors import ConfigError, Shifted
+from harvester.errors import ConfigError, Shifted, StorageError
 from harvester.intervals import Spans
 from harvester.lake.spool import Spool
 from harvester.lake.writer import DayWriter
@@ -564,3 +564,58 @@ def test_a_damaged_head_does_not_let_another_window_size_into_the_lake(
     (out / "_manifest/_head.json").write_bytes(b"{not json")
     with pytest.raises(ConfigError, match="window"):
         run(sim.url, out, feeds="ips", after="2024-01-03", before="2024-01-04", window="1h")
+
+
+# --- 10. one day of a month's commit fails: the days written beside it ---------------------
+
+
+class FailOnce(LocalStore):
+    """A local lake whose first commit of ``key`` fails (not transiently)."""
+
+    def __init__(self, root: Path, key: str) -> None:
+        super().__init__(root)
+        self.key: str | None = key
+
+    async def commit(self, staged: Path, key: str, *, expect: Any = None) -> Any:
+        if key == self.key:
+            self.key = None
+            raise StorageError(f"injected: cannot write {key}")
+        return await super().commit(staged, key, expect=expect)
+
+
+def test_days_written_beside_a_day_that_failed_stay_true_to_the_manifest(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    """A --lookback finds late rows in three days; writing the middle one fails.
+
+    All the month's windows failed (run again), but the other two day files were
+    rewritten all the same, with their late rows, and never recorded: the manifest kept
+    their old sizes, and verify called the lake damaged (its repair would throw those
+    days away). Now only the day that failed fails; the others are recorded.
+    """
+    server = make_sim()
+    out = tmp_path / "lake"
+    common = {
+        "feeds": "ips",
+        "after": "2024-01-01",
+        "before": "2024-01-04",
+        "confidence": 0,
+        "severity": 0,
+    }
+    run(server.url, out, **common)
+    for day in (1, 2, 3):
+        server.add_records("ips", date(2024, 1, day), 5)
+    store = FailOnce(out, "ips/dt=2024-01-02/part-20240102T000000Z.parquet")
+    config = api.make_config(
+        env={}, out=str(out), base_url=server.url, rate=1000, lookback="3d", **common
+    )
+    result = asyncio.run(api.aharvest(config, api_key=SIM_KEY, store=store, sleep=_fast_sleep))
+    assert [(f.feed, f.start) for f in result.failures] == [("ips", "2024-01-02T00:00:00Z")]
+    found = verified(out)
+    assert found["ips"]["ok"], found
+    again = run(server.url, out, lookback="3d", **common)
+    assert not again.failures
+    truth = server.dataset.truth(
+        "ips", at("2024-01-01"), at("2024-01-04"), confidence=0, severity=0
+    )
+    assert_lake_exact(str(out), {"ips": truth})
