@@ -195,7 +195,11 @@ class Leases:
                     try:
                         current = Lease.from_json(blob.data)
                     except (ValueError, KeyError, TypeError):
-                        current = None  # a damaged lease binds nobody
+                        # A damaged lease binds nobody. Its token is lost, and the
+                        # partitions carry the last one: take one surely above it (the
+                        # clock in milliseconds; tokens go up by one a run), and fence.
+                        current = None
+                        token = int(self._clock() * 1000)
                     if current is not None:
                         token = current.token + 1
                         if current.owner.run_id != self.owner.run_id and current.live(
@@ -212,6 +216,8 @@ class Leases:
                 mine = current is not None and current.owner.run_id == self.owner.run_id
                 if blob is not None and not mine:
                     self.taken_over.add(block)
+                if blob is not None and current is None:
+                    self.seized.add(block)
                 if current is not None and not mine and not current.released:
                     # Not handed back: its owner died, or stopped renewing (another host).
                     self.seized.add(block)

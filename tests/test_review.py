@@ -619,3 +619,29 @@ def test_days_written_beside_a_day_that_failed_stay_true_to_the_manifest(
         "ips", at("2024-01-01"), at("2024-01-04"), confidence=0, severity=0
     )
     assert_lake_exact(str(out), {"ips": truth})
+
+
+# --- 11. a damaged lease object ---------------------------------------------------------------
+
+
+def test_a_damaged_lease_object_does_not_fence_off_every_later_run(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    """A damaged lease binds nobody, and was taken with token 1.
+
+    The month's partition carries the token of its last writer (2 here), so every run
+    after it was refused ("another run took over") until the lease's token, one a run,
+    climbed past that: the month was stuck, each run exiting 1.
+    """
+    sim = make_sim()
+    out = tmp_path / "lake"
+    common = {"feeds": "ips", "after": "2024-01-01", "before": "2024-01-03"}
+    run(sim.url, out, **common)
+    sim.add_records("ips", date(2024, 1, 2), 30)
+    run(sim.url, out, force=True, **common)  # writes the partition under token 2
+    assert orjson.loads((out / "_manifest/ips/2024-01.json").read_bytes())["token"] == 2
+    (out / lease_key("ips", "2024-01")).write_bytes(b'{"owner": trunc')
+    sim.add_records("ips", date(2024, 1, 1), 30)
+    result = run(sim.url, out, force=True, **common)
+    assert not result.failures, result.failures
+    assert verified(out)["ips"]["ok"]
