@@ -209,10 +209,15 @@ class Leases:
                             return False
                 lease = Lease(owner=self.owner, token=token, expires=self._clock() + self.ttl)
                 try:
-                    info = await self.store.write(key, lease.to_json(), expect=expect)
+                    version = (await self.store.write(key, lease.to_json(), expect=expect)).version
                 except Conflict:
-                    continue  # another run moved first: look again
-                self._held[block] = (token, info.version)
+                    # Another run moved first -- or this very write landed and only its
+                    # answer was lost (a retried PUT then meets a 412): look again.
+                    landed = await self._mine(block, token)
+                    if landed is None:
+                        continue
+                    version = landed
+                self._held[block] = (token, version)
                 mine = current is not None and current.owner.run_id == self.owner.run_id
                 if blob is not None and not mine:
                     self.taken_over.add(block)

@@ -645,3 +645,31 @@ def test_a_damaged_lease_object_does_not_fence_off_every_later_run(
     result = run(sim.url, out, force=True, **common)
     assert not result.failures, result.failures
     assert verified(out)["ips"]["ok"]
+
+
+# --- 12. S3: every kind of object's PUT landing with its answer lost -----------------------
+
+
+@pytest.mark.parametrize("what", [".parquet", "/_manifest/", "/_leases/"])
+def test_lost_answers_to_puts_on_s3_cost_no_window(
+    sim: Any, s3_bucket: tuple[str, str], fault_proxy: Any, what: str
+) -> None:
+    """Every other PUT of a kind (data file, manifest, lease) lands and loses its answer.
+
+    botocore retries it and meets a 412 (its own write moved the version on); a day
+    file is then recognised by its ETag, a manifest object recomputed, a lease read
+    again. Two runs, the second extending a day (hourly windows): exact, nothing failed.
+    """
+    _, bucket = s3_bucket
+    plan = ["lost", "pass"] * 40
+    proxy = fault_proxy(plan=plan, match=lambda m, p: m == "PUT" and what in p)
+    out = f"s3://{bucket}/lake"
+    common = {"feeds": "ips", "window": "1h", "s3_endpoint_url": proxy.url}
+    first = run(sim.url, out, after="2024-01-01", before="2024-01-01T12:00:00Z", **common)
+    second = run(sim.url, out, after="2024-01-01T12:00:00Z", before="2024-01-02", **common)
+    assert proxy.stats.kinds["lost"] >= 2
+    for result in (first, second):
+        assert not result.failures and not result.held_by, result
+    truth = sim.dataset.truth("ips", at("2024-01-01"), at("2024-01-02"))
+    assert_lake_exact(out, {"ips": truth}, con=duckdb_for_s3(proxy.url))
+    assert verified(out, proxy.url)["ips"]["ok"]
