@@ -454,6 +454,7 @@ def test_a_shift_inside_a_run_of_identical_records_is_caught() -> None:
 # --- 6. kill -9 before every store mutation of a run, then the same command -------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_a_kill_before_any_store_mutation_then_the_same_command_is_exact(
     sim: Any, tmp_path: Path, where: str, request: pytest.FixtureRequest
