@@ -317,7 +317,14 @@ class Committer:
             self.head = await self.manifest.update_head(
                 lambda head: head.with_partition(marked, version)  # type: ignore[union-attr]
             )
-        results = await self._write_days(feed, days, part)
+        results, failed = await self._write_days(feed, days, part)
+        if failed:
+            # The other days' files are written: record them, fail only these days.
+            state = self._feeds[feed]
+            bad = sorted(failed)
+            spans = Spans.of(hull(d, self.step) for d in bad) & state.harvested
+            self._drop(feed, bad, spans, failed[bad[0]])
+            days = [d for d in days if d not in failed]
         records, files, drops = self._records(feed, days, results, previous)
         if not records and not drops and all(not r.written for r in results.values()):
             self._committed(feed, days, [], results=results.values())
@@ -334,7 +341,13 @@ class Committer:
 
     async def _write_days(
         self, feed: str, days: list[date], part: Partition
-    ) -> dict[date, DayResult]:
+    ) -> tuple[dict[date, DayResult], dict[date, HarvesterError]]:
+        """Write ``days``; the results of those written, and the errors of those not.
+
+        A day that fails does not stop the others: they are written by then, or soon,
+        and must be recorded, or the manifest would keep their old versions. A fatal
+        error or a bug is raised once every day has settled.
+        """
         state = self._feeds[feed]
         gate = asyncio.Semaphore(PARALLEL_DAYS)
 
@@ -353,12 +366,20 @@ class Committer:
             async with gate:
                 return await self.writer.write(job)
 
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = {day: group.create_task(one(day)) for day in days}
-        except BaseExceptionGroup as errors:
-            raise unwrap(errors) from None
-        return {day: task.result() for day, task in tasks.items()}
+        settled = await asyncio.gather(*(one(day) for day in days), return_exceptions=True)
+        results: dict[date, DayResult] = {}
+        failed: dict[date, HarvesterError] = {}
+        errors: list[BaseException] = []
+        for day, outcome in zip(days, settled, strict=True):
+            if isinstance(outcome, DayResult):
+                results[day] = outcome
+            elif isinstance(outcome, HarvesterError) and not isinstance(outcome, FATAL):
+                failed[day] = outcome
+            else:
+                errors.append(outcome)
+        if errors:
+            raise unwrap(BaseExceptionGroup("writing days", errors))
+        return results, failed
 
     def _records(
         self,

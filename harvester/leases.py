@@ -159,6 +159,10 @@ class Leases:
         self.taken_over: set[Block] = set()
         """Blocks this run took from another run (released, expired or dead): that run
         may have completed some of their windows after this run planned."""
+        self.seized: set[Block] = set()
+        """Blocks taken from a lease that was never handed back (expired, or its owner
+        died): that owner, if alive after all, may still write, so the new holder
+        fences it off (writes its token into the partition) before it reads or commits."""
         self._lock = asyncio.Lock()
         _ACTIVE.add(run_id)
 
@@ -191,7 +195,11 @@ class Leases:
                     try:
                         current = Lease.from_json(blob.data)
                     except (ValueError, KeyError, TypeError):
-                        current = None  # a damaged lease binds nobody
+                        # A damaged lease binds nobody. Its token is lost, and the
+                        # partitions carry the last one: take one surely above it (the
+                        # clock in milliseconds; tokens go up by one a run), and fence.
+                        current = None
+                        token = int(self._clock() * 1000)
                     if current is not None:
                         token = current.token + 1
                         if current.owner.run_id != self.owner.run_id and current.live(
@@ -201,15 +209,23 @@ class Leases:
                             return False
                 lease = Lease(owner=self.owner, token=token, expires=self._clock() + self.ttl)
                 try:
-                    info = await self.store.write(key, lease.to_json(), expect=expect)
+                    version = (await self.store.write(key, lease.to_json(), expect=expect)).version
                 except Conflict:
-                    continue  # another run moved first: look again
-                self._held[block] = (token, info.version)
+                    # Another run moved first -- or this very write landed and only its
+                    # answer was lost (a retried PUT then meets a 412): look again.
+                    landed = await self._mine(block, token)
+                    if landed is None:
+                        continue
+                    version = landed
+                self._held[block] = (token, version)
                 mine = current is not None and current.owner.run_id == self.owner.run_id
                 if blob is not None and not mine:
                     self.taken_over.add(block)
+                if blob is not None and current is None:
+                    self.seized.add(block)
                 if current is not None and not mine and not current.released:
                     # Not handed back: its owner died, or stopped renewing (another host).
+                    self.seized.add(block)
                     log.warning(
                         "lease.taken_over",
                         feed=block[0],
@@ -233,13 +249,32 @@ class Leases:
                     info = await self.store.write(
                         lease_key(*block), lease.to_json(), expect=version
                     )
+                    version = info.version
                 except Conflict:
-                    newly.add(block)
-                    log.error("lease.lost", feed=block[0], month=block[1], token=token)
-                    continue
-                self._held[block] = (token, info.version)
+                    # A retried PUT whose first attempt landed (its answer lost) also
+                    # ends in a 412: the lease may still be ours, one version on.
+                    mine = await self._mine(block, token)
+                    if mine is None:
+                        newly.add(block)
+                        log.error("lease.lost", feed=block[0], month=block[1], token=token)
+                        continue
+                    version = mine
+                self._held[block] = (token, version)
             self.lost |= newly
             return newly
+
+    async def _mine(self, block: Block, token: int) -> str | None:
+        """The lease's version if it still names this run with ``token``, else None."""
+        blob = await self.store.read(lease_key(*block))
+        if blob is None:
+            return None
+        try:
+            lease = Lease.from_json(blob.data)
+        except (ValueError, KeyError, TypeError):
+            return None
+        if lease.owner.run_id != self.owner.run_id or lease.token != token or lease.released:
+            return None
+        return blob.info.version
 
     async def release(self, block: Block) -> None:
         """Give ``block`` up (best effort: an expired lease binds nobody anyway)."""

@@ -130,13 +130,14 @@ def test_repair_acts_only_on_what_is_still_as_found(sim: SimulatorThread, tmp_pa
             # As if, at check time, the first file had been unrecorded and the second
             # damaged, and a run had since recorded the first and rewritten the second.
             check = FeedCheck(unrecorded=[keys[0]], wrong_size=[keys[1]])
+            check.versions = {keys[0]: listed[keys[0]].version}
             seen = parts["2024-01"]
             record = seen.part.files[keys[1]]
             older = replace(seen, part=seen.part.with_changes(files=[replace(record, size=1)]))
             leases = Leases(store, "verify-test")
             try:
                 return await _repair(
-                    store, manifest, "ips", {"2024-01": older}, listed, check, leases
+                    store, manifest, "ips", {"2024-01": older}, check, leases, 86_400
                 )
             finally:
                 await leases.release_all()

@@ -162,7 +162,13 @@ class DayWriter:
             old_part = days.select(old, target)
             new_part = days.select(new, target)
             redone = [s for s, _ in _windows(target, job.step) if s in job.previous]
-            if record is not None and days.same_rows(old_part, new_part):
+            # Left alone only if it is still the version recorded: one a killed commit
+            # rewrote (and never recorded) is written again, so the manifest records it.
+            if (
+                record is not None
+                and version == record.version
+                and days.same_rows(old_part, new_part)
+            ):
                 unchanged.update(redone)
                 continue
             if redone:
