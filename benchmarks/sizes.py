@@ -28,6 +28,8 @@ class Sizes:
     """Scenarios in which the ceiling, dlt and the naive script run (``all``, or ``c,e2``)."""
     parallel: int = 1
     """Scenarios run at once. Above 1 the numbers disturb each other: for ``--smoke`` only."""
+    iceberg: str = "a,e"
+    """Scenarios in which the harvester's Iceberg path runs too (``a``, ``e``, both, or none)."""
     # a. CPU-bound
     a_days: int = 8
     a_rows_per_day: int = 20_000
