@@ -92,6 +92,8 @@ SMOKE = Sizes(
     warm_up=0,
     baselines="c,e2",
     parallel=2,
+    # The Iceberg path in e only (two feeds): it runs beside f, the longest, adding little.
+    iceberg="e",
     a_days=2,
     a_rows_per_day=150,
     b_latency=0.02,
