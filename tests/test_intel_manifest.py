@@ -13,6 +13,8 @@ import asyncio
 import builtins
 import contextlib
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -349,6 +351,18 @@ def test_indicators_takes_an_iceberg_lakes_catalog_and_namespace(
     assert "are for Iceberg lakes" in error_line(on_hive.stderr)
     assert not (hive / "indicators").exists()
 
+    # a Hive lake is built without loading pyiceberg
+    code = (
+        "import asyncio, sys; from harvester.intel.build import build_indicators; "
+        "from harvester.storage import open_store; "
+        f"asyncio.run(build_indicators(open_store({str(hive)!r}))); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pyiceberg', 'sqlalchemy')))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.strip().splitlines()[-1] == "[]" and (hive / "indicators").exists()
+
     catalog = f"sqlite:///{iceberg / '_catalog.db'}"
     args = ["indicators", "--out", str(iceberg), "--catalog", catalog, "--namespace", "threatgrid"]
     built = cli(args, key=None)
@@ -369,4 +383,3 @@ def test_a_damaged_head_is_read_around(sim: SimulatorThread, tmp_path: Path) -> 
             truth(sim, ["domains"], "2024-01-30", "2024-02-01")
         )
         assert build(str(lake)).up_to_date
-

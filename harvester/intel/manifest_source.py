@@ -46,7 +46,7 @@ import pyarrow as pa
 import structlog
 
 from harvester.config import NAMESPACE
-from harvester.errors import ConfigError
+from harvester.errors import ConfigError, unwrap
 from harvester.intel.source import HiveDaySource, day_schema, read_file
 from harvester.intel.state import Group, Index, State
 from harvester.intervals import Spans
@@ -190,6 +190,7 @@ class ManifestDaySource:
         else:
             found = await self._without_head(expect is not ABSENT)
             if found is None:
+                self._check_access()
                 log.warning("indicators.no_manifest", lake=self.store.url())
                 self._listing = HiveDaySource(self.store)
                 return await self._listing.index(known)
@@ -232,11 +233,14 @@ class ManifestDaySource:
         return Group(version=version, days={day: r.token for day, r in days.items()})
 
     async def _read(self, unread: Mapping[str, Sequence[str]]) -> list[dict[str, Versioned]]:
-        async with asyncio.TaskGroup() as group:
-            tasks = [
-                group.create_task(self.manifest.read_partitions(feed, months))
-                for feed, months in unread.items()
-            ]
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(self.manifest.read_partitions(feed, months))
+                    for feed, months in unread.items()
+                ]
+        except BaseExceptionGroup as errors:
+            raise unwrap(errors) from None
         return [task.result() for task in tasks]
 
     async def _without_head(self, damaged: bool) -> list[tuple[Partition, str]] | None:

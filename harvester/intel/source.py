@@ -20,17 +20,14 @@ from typing import Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import structlog
 
-from harvester.errors import StorageError
+from harvester.errors import StorageError, unwrap
 from harvester.intel.schema import month_of
 from harvester.intel.state import Group, Index, State
 from harvester.schemas import FEEDS
 from harvester.storage import ObjectInfo, Store
 
 _DAY_FOLDER = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
-
-log = structlog.get_logger("harvester")
 
 
 class DaySource(Protocol):
@@ -69,8 +66,11 @@ class HiveDaySource:
     async def index(self, known: State | None) -> Index:
         """List each feed's folder once; remember each day's files for :meth:`read_day`."""
         del known  # a listing has no version to compare
-        async with asyncio.TaskGroup() as group:
-            tasks = {feed: group.create_task(self._feed(feed)) for feed in FEEDS}
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = {feed: group.create_task(self._feed(feed)) for feed in FEEDS}
+        except BaseExceptionGroup as errors:
+            raise unwrap(errors) from None
         return {feed: found for feed, task in tasks.items() if (found := task.result())}
 
     async def _feed(self, feed: str) -> dict[str, Group]:
