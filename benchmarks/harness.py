@@ -1,6 +1,7 @@
 """How one client is measured: in a fresh process, against a simulator in another.
 
-Every measurement runs one client -- the harvester, the ceiling
+Every measurement runs one client -- the harvester, its Iceberg path
+(``harvester-iceberg``: the same job with ``--table-format iceberg``), the ceiling
 (:mod:`benchmarks.ceiling`), the dlt peer (:mod:`benchmarks.peer_dlt`), the naive
 script (:mod:`benchmarks.naive`), or scenario f's nightly run (:mod:`benchmarks.nightly`)
 -- in a new Python process (``python -m benchmarks.harness worker KIND JOB RESULT``).
@@ -8,7 +9,8 @@ The client times its own work (imports and interpreter start excluded) and repor
 rows; the parent takes the process's peak RSS and CPU from ``wait4`` and the requests
 and 429s from the simulator's counters, reset before each client.
 :func:`run_together` starts several such processes at once (the shards of one job)
-and sums them into one measurement.
+and sums them into one measurement. :func:`run_tool` runs unmeasured work (reading a
+lake back) in such a process, so that it counts in no measurement.
 """
 
 from __future__ import annotations
@@ -37,10 +39,17 @@ REPO = Path(__file__).resolve().parent.parent
 #: Where the workers import ``harvester`` and ``benchmarks`` from (see :func:`snapshot_code`).
 CODE = {"root": REPO}
 KEY = "bench-key-not-a-secret"
-CLIENTS = ("harvester", "ceiling", "dlt", "naive")
+#: The harvester writing Iceberg tables (``--table-format iceberg``), in scenarios a and e.
+ICEBERG = "harvester-iceberg"
+#: Every client, in the order they are measured (the Hive harvester first: the others are
+#: set beside it, and it renders the server's pages for its spans in its warm-up).
+CLIENTS = ("harvester", ICEBERG, "ceiling", "dlt", "naive")
+#: The harvester and its variants: they run wherever the harvester does, baselines or not.
+HARVESTERS = ("harvester", ICEBERG)
 #: What each optional client needs importable, and how to get it.
-NEEDS = {"dlt": ("dlt", "pandas"), "naive": ("requests", "pandas")}
+NEEDS = {"dlt": ("dlt", "pandas"), "naive": ("requests", "pandas"), ICEBERG: ("pyiceberg",)}
 INSTALL_HINT = "pip install '.[bench]'"
+INSTALL_HINTS = {ICEBERG: "pip install '.[iceberg]'"}
 Log = Callable[[str], None]
 
 
@@ -152,7 +161,8 @@ def run_harvester_job(job: dict[str, Any]) -> dict[str, Any]:
 
     ``job["params"]`` are the query's filters (scores, ``ioc``) as the API spells them;
     ``job["harvester"]`` any further options of :func:`harvester.api.make_config`
-    (``window``, ``shard``, ``limit``: None keeps the harvester's default).
+    (``window``, ``shard``, ``limit``, ``table_format``: None keeps the harvester's
+    default). The outcome names the lake (``out``) and the windows done per feed.
     """
     from harvester import api, logs
 
@@ -188,6 +198,8 @@ def run_harvester_job(job: dict[str, Any]) -> dict[str, Any]:
         "client_throttled": sum(s.counters.throttled for s in feeds),
         "client_retries": sum(s.counters.retries for s in feeds),
         "client_pages": sum(s.pages for s in feeds),
+        "windows": {name: s.done for name, s in result.feeds.items()},
+        "out": job["out"],
     }
     if job.get("count_files"):
         outcome["day_files"] = day_files(Path(job["out"]))
@@ -210,11 +222,43 @@ def day_files(lake: Path) -> dict[str, list[int]]:
     return out
 
 
+def import_iceberg() -> None:
+    """Import what the harvester's Iceberg path loads lazily (pyiceberg, its SQL catalog)."""
+    import importlib
+
+    for name in (
+        "pyiceberg.catalog.sql",
+        "pyiceberg.table",
+        "pyiceberg.io.pyarrow",
+        "pyiceberg.expressions",
+        "pyiceberg.manifest",
+        "harvester.iceberg.catalog",
+        "harvester.iceberg.tables",
+        "harvester.iceberg.commit",
+        "harvester.iceberg.sink",
+        "harvester.iceberg.hint",
+        "harvester.iceberg.ancestry",
+    ):
+        importlib.import_module(name)
+
+
 def _worker(kind: str, job_path: str, result_path: str) -> int:
     """``python -m benchmarks.harness worker KIND JOB RESULT``: run one client."""
     job = json.loads(Path(job_path).read_text(encoding="utf-8"))
     if kind == "harvester":
         result = run_harvester_job(job)
+    elif kind == ICEBERG:
+        # The harvester's very job, written as Iceberg tables (the default SQLite catalog
+        # at {out}/_catalog.db for a local lake). The harvester imports pyiceberg only when
+        # it opens the tables, inside the timed work: imported here first, so that wall s
+        # excludes imports for this client too (~1 s; process s still holds them).
+        import_iceberg()
+        options = {**job.get("harvester", {}), "table_format": "iceberg"}
+        result = run_harvester_job({**job, "harvester": options})
+    elif kind == "iceberg-inspect":
+        from benchmarks import iceberg
+
+        result = iceberg.inspect(job)
     elif kind == "ceiling":
         from benchmarks import ceiling
 
@@ -311,6 +355,15 @@ class _Launched:
     stderr: Any
 
 
+def _worker_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a worker: ours plus ``env``, importing the measured code first."""
+    base = {**os.environ, **(env or {})}
+    return {
+        **base,
+        "PYTHONPATH": os.pathsep.join([str(CODE["root"]), base.get("PYTHONPATH", "")]),
+    }
+
+
 def _launch(
     kind: str, job: dict[str, Any], sim: SimProcess, run_dir: Path, env: dict[str, str] | None
 ) -> _Launched:
@@ -326,11 +379,7 @@ def _launch(
     }
     job_path, result_path = run_dir / "job.json", run_dir / "result.json"
     job_path.write_text(json.dumps(job), encoding="utf-8")
-    base = {**os.environ, **(env or {})}
-    full_env = {
-        **base,
-        "PYTHONPATH": os.pathsep.join([str(CODE["root"]), base.get("PYTHONPATH", "")]),
-    }
+    full_env = _worker_env(env)
     stderr = open(run_dir / "stderr.txt", "wb")  # noqa: SIM115 -- closed by _finish
     argv = [sys.executable, "-m", "benchmarks.harness", "worker", kind, str(job_path)]
     process = subprocess.Popen(
@@ -402,7 +451,8 @@ def run_client(
     measurement = Measurement(client=kind, label=label)
     missing = missing_modules(kind)
     if missing:
-        measurement.skipped = f"skipped: {', '.join(missing)} not installed ({INSTALL_HINT})"
+        hint = INSTALL_HINTS.get(kind, INSTALL_HINT)
+        measurement.skipped = f"skipped: {', '.join(missing)} not installed ({hint})"
         log(f"    {measurement.name}: {measurement.skipped}")
         return measurement
     run_dir = workdir / f"{kind}-{label or 'run'}".replace(" ", "_").replace("/", "-")
@@ -421,6 +471,41 @@ def run_client(
         measurement.extra["sustained_ok_per_s"] = sampler.sustained()
         measurement.extra["timeline"] = sampler.timeline()
     return _logged(measurement, log)
+
+
+def run_tool(kind: str, job: dict[str, Any], run_dir: Path, *, timeout: float) -> dict[str, Any]:
+    """Run the worker ``kind`` once, unmeasured, and return its result.
+
+    Work that must not count in a measurement (reading back a lake the client wrote)
+    runs here, in its own process: inside the client's process it would add to its CPU
+    and peak RSS. A failure is a :class:`RuntimeError` naming the last line of its output.
+    """
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    job_path, result_path = run_dir / "job.json", run_dir / "result.json"
+    job_path.write_text(json.dumps(job), encoding="utf-8")
+    argv = [sys.executable, "-m", "benchmarks.harness", "worker", kind, str(job_path)]
+    try:
+        done = subprocess.run(
+            [*argv, str(result_path)],
+            cwd=CODE["root"],
+            env=_worker_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"{kind} took more than {timeout:g}s") from exc
+    (run_dir / "stderr.txt").write_text(done.stdout + done.stderr, encoding="utf-8")
+    if done.returncode != 0 or not result_path.exists():
+        lines = (done.stdout + done.stderr).strip().splitlines()
+        raise RuntimeError(
+            f"{kind} exit status {done.returncode}: {lines[-1] if lines else ''} "
+            f"(see {run_dir}/stderr.txt)"
+        )
+    result: dict[str, Any] = json.loads(result_path.read_text(encoding="utf-8"))
+    return result
 
 
 def run_together(

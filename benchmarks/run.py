@@ -3,6 +3,7 @@
     python -m benchmarks.run --out benchmarks/RESULTS.md      # the full suite (make bench)
     python -m benchmarks.run --smoke                          # seconds; proves the harness works
     python -m benchmarks.run --only a,d --set a_days=4        # a subset, resized
+    python -m benchmarks.run --only a,e --set repeat=1        # with the Iceberg path beside
 
 ``--smoke`` runs every scenario once on tiny data (two at a time, every client in at
 least one) and writes nothing unless ``--out`` is given; clients whose dependencies are
@@ -303,10 +304,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     keys = [k.strip() for k in args.only.split(",") if k.strip()]
-    clients = [c.strip() for c in args.clients.split(",") if c.strip()]
-    unknown = [k for k in keys if k not in SCENARIOS] + [c for c in clients if c not in CLIENTS]
-    if unknown or "harvester" not in clients:
+    asked = [c.strip() for c in args.clients.split(",") if c.strip()]
+    unknown = [k for k in keys if k not in SCENARIOS] + [c for c in asked if c not in CLIENTS]
+    if unknown or "harvester" not in asked:
         parser.error(f"unknown scenario/client {unknown} (the harvester is always measured)")
+    clients = [c for c in CLIENTS if c in asked]  # measured in CLIENTS' order
     try:
         sizes = (SMOKE if args.smoke else Sizes()).with_overrides(args.set)
     except (ValueError, TypeError) as exc:

@@ -13,6 +13,9 @@ e2. the same year with a filter that leaves about 1% of the records.
 f. no-op nightly: lakes of 1 day, 1 year and 5 years (:mod:`benchmarks.nightly`).
 g. small windows over dense days: at most one file per (feed, day).
 
+In a and e the harvester's Iceberg path (``harvester-iceberg``, :mod:`benchmarks.iceberg`)
+runs beside it, its tables read back and set beside the Hive lake of the same run.
+
 Every scenario reports the *fewest pages* beside each client's requests: the sum over
 feeds of ceil(records / the largest ``items_per_page`` the server applies), found by
 the warm pass (:func:`warm`), which also gives the ceiling exactly those pages.
@@ -32,8 +35,11 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from benchmarks import iceberg
 from benchmarks.ceiling import EVERY_SCORE, Query, Walk, walk_pages
 from benchmarks.harness import (
+    HARVESTERS,
+    ICEBERG,
     KEY,
     Check,
     Log,
@@ -176,13 +182,16 @@ def measure_all(
 ) -> list[Measurement]:
     """Run each of ``clients`` (``sizes.repeat`` times, keeping the fastest) side by side.
 
-    ``jobs`` adds keys to a client's job (``{"harvester": {"harvester": {...}}}``).
-    With ``warm`` and ``sizes.warm_up``, the harvester runs once unmeasured
-    first, so the server has rendered the pages of its spans too.
+    ``jobs`` adds keys to a client's job (``{"harvester": {"harvester": {...}}}``); the
+    Iceberg path gets the harvester's. With ``warm`` and ``sizes.warm_up``, the harvester
+    runs once unmeasured first, so the server has rendered the pages of its spans too
+    (the Iceberg path asks the same spans, after it). Each run of the Iceberg path is
+    read back and compared with the records served and the harvester's lake
+    (:func:`benchmarks.iceberg.check`).
     """
-    out = []
+    out: list[Measurement] = []
     for kind in clients:
-        extra: dict[str, Any] = dict((jobs or {}).get(kind, {}))
+        extra: dict[str, Any] = dict((jobs or {}).get("harvester" if kind == ICEBERG else kind, {}))
         if kind == "ceiling":
             extra.update(pages=walk.pages, rate=ceiling_rate, limit=walk.page)
         elif kind in ("dlt", "naive"):
@@ -192,8 +201,10 @@ def measure_all(
         job = harvest.job(sizes, **extra)
         if kind == "harvester" and warm and sizes.warm_up:
             run_client(kind, job, sim, workdir, label="warm-up", timeout=sizes.timeout, log=log)
-        runs = [
-            run_client(
+        hive = next((m for m in out if m.client == "harvester" and m.ok), None)
+        runs = []
+        for _ in range(max(1, sizes.repeat) if not missing_modules(kind) else 1):
+            m = run_client(
                 kind,
                 job,
                 sim,
@@ -203,8 +214,16 @@ def measure_all(
                 sample=sample,
                 log=log,
             )
-            for _ in range(max(1, sizes.repeat) if not missing_modules(kind) else 1)
-        ]
+            if kind == ICEBERG:
+                iceberg.check(
+                    m,
+                    served=walk.by_feed,
+                    hive=hive,
+                    workdir=workdir,
+                    timeout=sizes.timeout,
+                    log=log,
+                )
+            runs.append(m)
         # Best of `repeat`: on a shared machine the fastest run is the least disturbed one.
         best = max(runs, key=lambda m: (m.ok and not m.skipped, m.rows_per_s))
         if len(runs) > 1:
@@ -288,6 +307,7 @@ def scenario_a(sizes: Sizes, workdir: Path, clients: Sequence[str], log: Log) ->
             else result.ratios["harvester/peer"] >= 5,
         ),
     ]
+    iceberg.summarize(result)
     return result
 
 
@@ -613,6 +633,7 @@ def scenario_e(sizes: Sizes, workdir: Path, clients: Sequence[str], log: Log) ->
                 met=None if growth is None else growth <= 1.2,
             ),
         ]
+    iceberg.summarize(result, label=long)
     sharded = next((m for m in result.measurements if "shards" in m.label), None)
     if sharded is not None:
         parts = sharded.extra.get("parts", [])
@@ -761,6 +782,9 @@ SCENARIOS: dict[str, Callable[[Sizes, Path, Sequence[str], Log], ScenarioResult]
 }
 
 
+#: The scenarios the Iceberg path can run in (``Sizes.iceberg`` picks among them).
+ICEBERG_SCENARIOS = ("a", "e")
+
 #: How long each scenario takes, roughly, in processes started (for ``parallel`` > 1).
 LENGTH = {"f": 9, "e": 6, "d": 5, "e2": 5, "c": 3, "a": 2, "b": 2, "g": 2}
 
@@ -783,15 +807,17 @@ def run_scenarios(
     owned = workdir is None
     root = Path(tempfile.mkdtemp(prefix="tg-bench-")) if workdir is None else workdir
     chosen = {k.strip() for k in sizes.baselines.split(",")}
+    with_iceberg = {k.strip() for k in sizes.iceberg.split(",")} & set(ICEBERG_SCENARIOS)
 
     def one(key: str, say: Log) -> ScenarioResult:
         say(f"scenario {key}:")
         started = time.perf_counter()
-        mine = list(clients)
-        if sizes.baselines != "all" and key not in chosen:
-            mine = [c for c in clients if c == "harvester"]
+        mine = [c for c in clients if c != ICEBERG or key in with_iceberg]
+        baselines = [c for c in mine if c not in HARVESTERS]
+        if baselines and sizes.baselines != "all" and key not in chosen:
+            mine = [c for c in mine if c in HARVESTERS]
         result = SCENARIOS[key](sizes, root, mine, say)
-        if len(mine) < len(clients):
+        if baselines and not any(c in mine for c in baselines):
             result.notes.append(f"Only the harvester ran here (baselines = {sizes.baselines!r}).")
         say(f"  done in {time.perf_counter() - started:.0f}s")
         if owned:

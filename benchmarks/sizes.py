@@ -28,6 +28,8 @@ class Sizes:
     """Scenarios in which the ceiling, dlt and the naive script run (``all``, or ``c,e2``)."""
     parallel: int = 1
     """Scenarios run at once. Above 1 the numbers disturb each other: for ``--smoke`` only."""
+    iceberg: str = "a,e"
+    """Scenarios in which the harvester's Iceberg path runs too (``a``, ``e``, both, or none)."""
     # a. CPU-bound
     a_days: int = 8
     a_rows_per_day: int = 20_000
@@ -90,6 +92,8 @@ SMOKE = Sizes(
     warm_up=0,
     baselines="c,e2",
     parallel=2,
+    # The Iceberg path in e only (two feeds): it runs beside f, the longest, adding little.
+    iceberg="e",
     a_days=2,
     a_rows_per_day=150,
     b_latency=0.02,

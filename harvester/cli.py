@@ -114,7 +114,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     add(
         "--prefetch",
         metavar="N",
-        help=f"pages fetched ahead inside one window{_default('prefetch')}",
+        help=f"pages fetched ahead inside one query span{_default('prefetch')}",
     )
     add(
         "--attempts",
@@ -247,6 +247,10 @@ INDICATORS_EXAMPLES = """examples:
   harvester indicators --out ./lake
   harvester indicators --out s3://bucket/tg --memory-limit 4GB
   harvester indicators --out ./lake --rebuild      # recompute everything from the feeds
+  harvester indicators --out s3://bucket/tg --catalog glue   # an Iceberg lake's catalog
+
+--catalog and --namespace are for Iceberg lakes (the manifest says which format a lake
+is), as for `harvester run`: by default the catalog {out}/_catalog.db.
 """
 EXPORT_EXAMPLES = """examples:
   harvester export --out ./lake --format txt --types domain --min-severity 80 \\
@@ -413,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
         INDICATORS_EXAMPLES,
     )
     indicators.add_argument("--out", required=True, metavar="DIR|s3://BUCKET/PREFIX")
+    _add_iceberg_options(indicators)
     indicators.add_argument("--s3-endpoint-url", metavar="URL")
     indicators.add_argument(
         "--rebuild", action="store_true", help="ignore earlier work and recompute everything"
@@ -750,13 +755,20 @@ def command_maintain(args: argparse.Namespace) -> int:
 def command_indicators(args: argparse.Namespace) -> int:
     """``harvester indicators``: build or update the indicator table."""
     from harvester.intel.build import BuildOptions, BuildResult, build_indicators
+    from harvester.intel.manifest_source import IcebergAccess
 
     options = BuildOptions(rebuild=args.rebuild, memory_limit=args.memory_limit)
+    iceberg = IcebergAccess(
+        out=args.out,
+        catalog=args.catalog,
+        namespace=args.namespace,
+        s3_endpoint_url=args.s3_endpoint_url,
+    )
     store = open_store(args.out, s3_endpoint_url=args.s3_endpoint_url)
 
     async def go() -> BuildResult:
         try:
-            return await build_indicators(store, options=options)
+            return await build_indicators(store, options=options, iceberg=iceberg)
         finally:
             await store.close()
 

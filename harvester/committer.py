@@ -31,7 +31,6 @@ import structlog
 
 from harvester.errors import FATAL, HarvesterError, unwrap
 from harvester.intervals import Spans
-from harvester.lake.byday import DayRows
 from harvester.lake.layout import day_of, day_start, is_legacy
 from harvester.lake.spool import Spool
 from harvester.lake.writer import DayJob, DayResult, DayWriter
@@ -59,6 +58,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("harvester")
 
 DAY = 86_400
+PARALLEL_DAYS = 8
+"""Day files written at once in a commit."""
 
 
 def hull(day: date, step: int) -> tuple[int, int]:
@@ -240,22 +241,8 @@ class Committer:
             if not jobs and not failures:
                 return
             changed: list[tuple[Partition, str]] = []
-            if self.sink is not None:
-                for feed, days in jobs.items():
-                    changed += await self._commit_iceberg(feed, days, self.sink)
-            else:
-                # Feeds are independent (their own files and partitions; the head is
-                # written once, after): one feed's files are synced while the next
-                # one's are encoded.
-                try:
-                    async with asyncio.TaskGroup() as group:
-                        tasks = [
-                            group.create_task(self._commit_feed(f, d)) for f, d in jobs.items()
-                        ]
-                except BaseExceptionGroup as errors:
-                    raise unwrap(errors) from None
-                for task in tasks:
-                    changed += task.result()
+            for feed, days in jobs.items():
+                changed += await self._commit_feed(feed, days)
             if changed or failures:
                 self.head = await self._record_head(changed, failures)
 
@@ -263,59 +250,29 @@ class Committer:
         return not state.unresolved.clip(*hull(day, self.step))
 
     async def _commit_feed(self, feed: str, days: list[date]) -> list[tuple[Partition, str]]:
+        if self.sink is not None:
+            return await self._commit_iceberg(feed, days, self.sink)
+        state = self._feeds[feed]
         by_month: dict[str, list[date]] = {}
         for day in days:
             by_month.setdefault(month_of(hull(day, self.step)[0]), []).append(day)
         read = await self.manifest.read_partitions(feed, by_month)
-        # First every month's preparations, then all their days as one group (one
-        # durability barrier for the files of the whole feed), then all their partitions
-        # as one group.
-        ready: dict[str, tuple[Partition, Versioned]] = {}
+        changed: list[tuple[Partition, str]] = []
         for month, month_days in sorted(by_month.items()):
-            if not self.leases.holds((feed, month)):
-                lost = Fenced(f"lost the lease on {feed} {month}")
-                self._drop(feed, month_days, self._spans(feed, month_days), lost)
+            block: Block = (feed, month)
+            spans = Spans.of(hull(d, self.step) for d in month_days) & state.harvested
+            if not self.leases.holds(block):
+                self._drop(feed, month_days, spans, Fenced(f"lost the lease on {feed} {month}"))
                 continue
             try:
-                ready[month] = await self._prepare_month(feed, month, month_days, read[month])
+                part = await self._commit_month(feed, month, month_days, read[month])
             except FATAL:
                 raise
             except HarvesterError as exc:
-                self._drop(feed, month_days, self._spans(feed, month_days), exc)
-        results = await self._write_days(
-            feed, {day: part for month, (part, _) in ready.items() for day in by_month[month]}
-        )
-        changes: dict[str, Callable[[Partition], Partition]] = {}
-        done: dict[str, tuple[list[WindowRecord], dict[date, DayResult]]] = {}
-        for month, (part, _) in ready.items():
-            month_days = by_month[month]
-            failed = [r for d in month_days if isinstance(r := results[d], HarvesterError)]
-            if failed:
-                self._drop(feed, month_days, self._spans(feed, month_days), failed[0])
+                self._drop(feed, month_days, spans, exc)
                 continue
-            written = {d: r for d in month_days if isinstance(r := results[d], DayResult)}
-            records, files, drops = self._records(feed, month_days, written, dict(part.windows))
-            if not records and not drops and all(not r.written for r in written.values()):
-                self._committed(feed, month_days, [], results=written.values())
-                continue
-            changes[month] = _change(records, files, drops)
-            done[month] = records, written
-        updated = await self.manifest.update_partitions(
-            feed,
-            changes,
-            read={month: ready[month][1] for month in changes},
-            tokens={month: self.leases.token((feed, month)) for month in changes},
-        )
-        changed: list[tuple[Partition, str]] = []
-        for month, answer in updated.items():
-            month_days = by_month[month]
-            if isinstance(answer, HarvesterError):
-                self._drop(feed, month_days, self._spans(feed, month_days), answer)
-                continue
-            records, written = done[month]
-            self._committed(feed, month_days, records, results=written.values())
-            assert answer.version is not None
-            changed.append((answer.part, answer.version))
+            if part is not None:
+                changed.append(part)
         return changed
 
     def _drop(self, feed: str, days: Iterable[date], spans: Spans, error: HarvesterError) -> None:
@@ -325,20 +282,13 @@ class Committer:
         self._fail(feed, spans, error, redact(str(error)) or type(error).__name__)
         self._release_spools(feed, set(days))
 
-    def _spans(self, feed: str, days: Iterable[date]) -> Spans:
-        """The windows of ``days`` this run harvested and has not committed yet."""
-        return Spans.of(hull(d, self.step) for d in days) & self._feeds[feed].harvested
-
-    async def _prepare_month(
+    async def _commit_month(
         self, feed: str, month: str, days: list[date], current: Versioned
-    ) -> tuple[Partition, Versioned]:
-        """Ready a month's days to be written.
-
-        Returns its partition as it was read (which names the files to fold), and as
-        it is now (marked, when it has files of a version 1 lake to fold).
-        """
+    ) -> tuple[Partition, str] | None:
+        token = self.leases.token((feed, month))
         part = current.part
         legacy_days = [d for d in days if any(is_legacy(f.key) for f in part.day_files(str(d)))]
+        previous = dict(part.windows)
         if legacy_days:
             # The old per-window files of these days are about to be deleted and folded
             # into one file: first make their windows incomplete, so a crash in between
@@ -358,7 +308,7 @@ class Committer:
                 feed,
                 month,
                 lambda p: p.with_changes(drop_windows=dropped_windows),
-                token=self.leases.token((feed, month)),
+                token=token,
             )
             # ... and the head, before any file goes: a nightly run resumes from the
             # head, and must see those windows as the gap they now are.
@@ -367,41 +317,69 @@ class Committer:
             self.head = await self.manifest.update_head(
                 lambda head: head.with_partition(marked, version)  # type: ignore[union-attr]
             )
-        return part, current
+        results, failed = await self._write_days(feed, days, part)
+        if failed:
+            # The other days' files are written: record them, fail only these days.
+            state = self._feeds[feed]
+            bad = sorted(failed)
+            spans = Spans.of(hull(d, self.step) for d in bad) & state.harvested
+            self._drop(feed, bad, spans, failed[bad[0]])
+            days = [d for d in days if d not in failed]
+        records, files, drops = self._records(feed, days, results, previous)
+        if not records and not drops and all(not r.written for r in results.values()):
+            self._committed(feed, days, [], results=results.values())
+            return None
+        updated = await self.manifest.update_partition(
+            feed,
+            month,
+            lambda p: p.with_changes(windows=records, files=files, drop_files=drops),
+            token=token,
+        )
+        self._committed(feed, days, records, results=results.values())
+        assert updated.version is not None
+        return updated.part, updated.version
 
     async def _write_days(
-        self, feed: str, parts: Mapping[date, Partition]
-    ) -> dict[date, DayResult | HarvesterError]:
-        """Write ``parts``' days (each with its month's partition as read) as one group."""
-        if not parts:
-            return {}
+        self, feed: str, days: list[date], part: Partition
+    ) -> tuple[dict[date, DayResult], dict[date, HarvesterError]]:
+        """Write ``days``; the results of those written, and the errors of those not.
+
+        A day that fails does not stop the others: they are written by then, or soon,
+        and must be recorded, or the manifest would keep their old versions. A fatal
+        error or a bug is raised once every day has settled.
+        """
         state = self._feeds[feed]
-        days = sorted(parts)
-        lows = {day: hull(day, self.step) for day in days}
-        sources = []
-        for spooled in state.spooled:
-            wanted = [
-                d for d in days if spooled.span.start < lows[d][1] and lows[d][0] < spooled.span.end
-            ]
-            if wanted:
-                sources.append((spooled.spool, wanted))
-        rows = DayRows(sources, step=self.step, schema=FEEDS[feed].schema)
-        jobs = []
-        for day in days:
-            low, high = lows[day]
-            part = parts[day]
-            jobs.append(
-                DayJob(
-                    feed=FEEDS[feed],
-                    day=day,
-                    step=self.step,
-                    replaced=state.harvested.clip(low, high),
-                    rows=rows,
-                    files=part.day_files(day.isoformat()),
-                    previous={s: w for s, w in part.windows.items() if low <= s < high},
-                )
+        gate = asyncio.Semaphore(PARALLEL_DAYS)
+
+        async def one(day: date) -> DayResult:
+            low, high = hull(day, self.step)
+            spools = [s.spool for s in state.spooled if s.span.start < high and low < s.span.end]
+            job = DayJob(
+                feed=FEEDS[feed],
+                day=day,
+                step=self.step,
+                replaced=state.harvested.clip(low, high),
+                spools=spools,
+                files=part.day_files(day.isoformat()),
+                previous={s: w for s, w in part.windows.items() if low <= s < high},
             )
-        return await self.writer.write_days(jobs)
+            async with gate:
+                return await self.writer.write(job)
+
+        settled = await asyncio.gather(*(one(day) for day in days), return_exceptions=True)
+        results: dict[date, DayResult] = {}
+        failed: dict[date, HarvesterError] = {}
+        errors: list[BaseException] = []
+        for day, outcome in zip(days, settled, strict=True):
+            if isinstance(outcome, DayResult):
+                results[day] = outcome
+            elif isinstance(outcome, HarvesterError) and not isinstance(outcome, FATAL):
+                failed[day] = outcome
+            else:
+                errors.append(outcome)
+        if errors:
+            raise unwrap(BaseExceptionGroup("writing days", errors))
+        return results, failed
 
     def _records(
         self,
@@ -614,13 +592,6 @@ class Committer:
             if not pending.clip(*month_domain(month, self.step)):
                 done.append((feed, month))
         return done
-
-
-def _change(
-    records: list[WindowRecord], files: list[FileRecord], drops: list[str]
-) -> Callable[[Partition], Partition]:
-    """The change recording a month's written windows and files."""
-    return lambda part: part.with_changes(windows=records, files=files, drop_files=drops)
 
 
 def _window_pairs(spans: Spans, step: int) -> Iterable[tuple[int, int]]:

@@ -262,6 +262,11 @@ class HarvestConfig:
             if self.catalog is not None or self.namespace != DEFAULTS["namespace"]:
                 raise ConfigError("--catalog and --namespace need --table-format iceberg")
             return
+        if self.repair:
+            raise ConfigError(
+                "--repair verifies the Hive layout, and Iceberg tables record their own "
+                "files; drop --repair with --table-format iceberg"
+            )
         if not NAMESPACE.match(self.namespace):
             raise ConfigError(
                 f"--namespace {self.namespace!r} is not a valid name; use letters, digits and _"

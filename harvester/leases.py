@@ -23,10 +23,11 @@ compare-and-set keep the lake correct even then.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,9 @@ from typing import Any
 import orjson
 import structlog
 
-from harvester.errors import Conflict, StorageError, unwrap
+from harvester.errors import Conflict
 from harvester.retry import Sleep
-from harvester.storage import ABSENT, Blob, Expect, ObjectInfo, Put, Store
+from harvester.storage import ABSENT, Expect, Store
 
 PREFIX = "_leases"
 TTL = 120.0
@@ -158,6 +159,10 @@ class Leases:
         self.taken_over: set[Block] = set()
         """Blocks this run took from another run (released, expired or dead): that run
         may have completed some of their windows after this run planned."""
+        self.seized: set[Block] = set()
+        """Blocks taken from a lease that was never handed back (expired, or its owner
+        died): that owner, if alive after all, may still write, so the new holder
+        fences it off (writes its token into the partition) before it reads or commits."""
         self._lock = asyncio.Lock()
         _ACTIVE.add(run_id)
 
@@ -176,156 +181,119 @@ class Leases:
 
     async def acquire(self, block: Block) -> bool:
         """Take ``block`` unless another live run holds it; True when this run holds it."""
-        return block not in await self.acquire_many([block])
-
-    async def acquire_many(self, blocks: Iterable[Block]) -> list[Block]:
-        """Take each of ``blocks`` as :meth:`acquire` does, all at once; return those not held.
-
-        Each lease is still its own compare-and-set, but they are read concurrently and
-        written as one group (:meth:`~harvester.storage.Store.write_many`): a span of a
-        year takes its twelve months in the time of about one.
-        """
-        wanted = list(dict.fromkeys(blocks))
         async with self._lock:
-            taken = {b: b not in self.lost for b in wanted if b in self._held}
-            todo = [b for b in wanted if b not in self._held]
+            if block in self._held:
+                return block not in self.lost
+            key = lease_key(*block)
             for _ in range(8):
-                if not todo:
-                    break
-                todo = await self._try(todo, taken)
-        return [block for block in wanted if not taken.get(block, False)]
-
-    async def _try(self, blocks: list[Block], taken: dict[Block, bool]) -> list[Block]:
-        """One attempt at ``blocks``: record in ``taken``; return those to look at again."""
-        reads = await _all(self.store.read(lease_key(*block)) for block in blocks)
-        tries: list[tuple[Block, Lease, Lease | None, bool]] = []
-        puts: list[Put] = []
-        for block, blob in zip(blocks, reads, strict=True):
-            expect: Expect = ABSENT
-            token = 1
-            current: Lease | None = None
-            if blob is not None:
-                expect = blob.info.version
+                blob = await self.store.read(key)
+                expect: Expect = ABSENT
+                token = 1
+                current: Lease | None = None
+                if blob is not None:
+                    expect = blob.info.version
+                    try:
+                        current = Lease.from_json(blob.data)
+                    except (ValueError, KeyError, TypeError):
+                        # A damaged lease binds nobody. Its token is lost, and the
+                        # partitions carry the last one: take one surely above it (the
+                        # clock in milliseconds; tokens go up by one a run), and fence.
+                        current = None
+                        token = int(self._clock() * 1000)
+                    if current is not None:
+                        token = current.token + 1
+                        if current.owner.run_id != self.owner.run_id and current.live(
+                            self._clock()
+                        ):
+                            self.holders[block] = current.owner
+                            return False
+                lease = Lease(owner=self.owner, token=token, expires=self._clock() + self.ttl)
                 try:
-                    current = Lease.from_json(blob.data)
-                except (ValueError, KeyError, TypeError):
-                    current = None  # a damaged lease binds nobody
-                if current is not None:
-                    token = current.token + 1
-                    if current.owner.run_id != self.owner.run_id and current.live(self._clock()):
-                        self.holders[block] = current.owner
-                        taken[block] = False
+                    version = (await self.store.write(key, lease.to_json(), expect=expect)).version
+                except Conflict:
+                    # Another run moved first -- or this very write landed and only its
+                    # answer was lost (a retried PUT then meets a 412): look again.
+                    landed = await self._mine(block, token)
+                    if landed is None:
                         continue
-            lease = Lease(owner=self.owner, token=token, expires=self._clock() + self.ttl)
-            tries.append((block, lease, current, blob is not None))
-            puts.append(Put(key=lease_key(*block), data=lease.to_json(), expect=expect))
-        again: list[Block] = []
-        for (block, lease, current, existed), answer in zip(
-            tries, await self.store.write_many(puts), strict=True
-        ):
-            if isinstance(answer, Conflict):
-                again.append(block)  # another run moved first: look again
-                continue
-            if not isinstance(answer, ObjectInfo):
-                raise answer
-            self._held[block] = (lease.token, answer.version)
-            taken[block] = True
-            mine = current is not None and current.owner.run_id == self.owner.run_id
-            if existed and not mine:
-                self.taken_over.add(block)
-            if current is not None and not mine and not current.released:
-                # Not handed back: its owner died, or stopped renewing (another host).
-                log.warning(
-                    "lease.taken_over",
-                    feed=block[0],
-                    month=block[1],
-                    token=lease.token,
-                    holder=str(current.owner),
-                    why="expired" if current.expires <= self._clock() else "owner gone",
-                )
-        return again
+                    version = landed
+                self._held[block] = (token, version)
+                mine = current is not None and current.owner.run_id == self.owner.run_id
+                if blob is not None and not mine:
+                    self.taken_over.add(block)
+                if blob is not None and current is None:
+                    self.seized.add(block)
+                if current is not None and not mine and not current.released:
+                    # Not handed back: its owner died, or stopped renewing (another host).
+                    self.seized.add(block)
+                    log.warning(
+                        "lease.taken_over",
+                        feed=block[0],
+                        month=block[1],
+                        token=token,
+                        holder=str(current.owner),
+                        why="expired" if current.expires <= self._clock() else "owner gone",
+                    )
+                return True
+            return False
 
     async def renew(self) -> set[Block]:
-        """Extend every lease held, as one group; return the blocks lost since."""
+        """Extend every lease held; return the blocks lost since (taken by another run)."""
         async with self._lock:
-            blocks = [b for b in self._held if b not in self.lost]
-            leases = {
-                b: Lease(owner=self.owner, token=self._held[b][0], expires=self._clock() + self.ttl)
-                for b in blocks
-            }
-            answers = await self.store.write_many(
-                [
-                    Put(key=lease_key(*b), data=leases[b].to_json(), expect=self._held[b][1])
-                    for b in blocks
-                ]
-            )
             newly: set[Block] = set()
-            failed: StorageError | None = None
-            for block, answer in zip(blocks, answers, strict=True):
-                if isinstance(answer, ObjectInfo):
-                    self._held[block] = (leases[block].token, answer.version)
-                elif isinstance(answer, Conflict):
-                    newly.add(block)  # another run took it after ours expired
-                    log.error(
-                        "lease.lost", feed=block[0], month=block[1], token=leases[block].token
+            for block, (token, version) in list(self._held.items()):
+                if block in self.lost:
+                    continue
+                lease = Lease(owner=self.owner, token=token, expires=self._clock() + self.ttl)
+                try:
+                    info = await self.store.write(
+                        lease_key(*block), lease.to_json(), expect=version
                     )
-                else:
-                    failed = failed or answer
+                    version = info.version
+                except Conflict:
+                    # A retried PUT whose first attempt landed (its answer lost) also
+                    # ends in a 412: the lease may still be ours, one version on.
+                    mine = await self._mine(block, token)
+                    if mine is None:
+                        newly.add(block)
+                        log.error("lease.lost", feed=block[0], month=block[1], token=token)
+                        continue
+                    version = mine
+                self._held[block] = (token, version)
             self.lost |= newly
-            if failed is not None:
-                raise failed
             return newly
+
+    async def _mine(self, block: Block, token: int) -> str | None:
+        """The lease's version if it still names this run with ``token``, else None."""
+        blob = await self.store.read(lease_key(*block))
+        if blob is None:
+            return None
+        try:
+            lease = Lease.from_json(blob.data)
+        except (ValueError, KeyError, TypeError):
+            return None
+        if lease.owner.run_id != self.owner.run_id or lease.token != token or lease.released:
+            return None
+        return blob.info.version
 
     async def release(self, block: Block) -> None:
         """Give ``block`` up (best effort: an expired lease binds nobody anyway)."""
         async with self._lock:
-            await self._release([block])
-
-    async def _release(self, blocks: list[Block]) -> None:
-        live = [b for b in blocks if b in self._held and b not in self.lost]
-        answers = await self.store.write_many(
-            [
-                Put(
-                    key=lease_key(*b),
-                    data=Lease(
-                        owner=self.owner, token=self._held[b][0], expires=0.0, released=True
-                    ).to_json(),
-                    expect=self._held[b][1],
-                )
-                for b in live
-            ]
-        )
-        # Forgotten only once written (or taken by another run meanwhile): a release
-        # cut short is done again at the end.
-        failed: dict[Block, StorageError] = {
-            b: a
-            for b, a in zip(live, answers, strict=True)
-            if not isinstance(a, ObjectInfo | Conflict)
-        }
-        for block in blocks:
-            if block not in failed:
-                self._held.pop(block, None)
-        for error in failed.values():
-            raise error
+            held = self._held.get(block)
+            if held is None:
+                return
+            if block not in self.lost:
+                token, version = held
+                lease = Lease(owner=self.owner, token=token, expires=0.0, released=True)
+                with contextlib.suppress(Conflict):
+                    await self.store.write(lease_key(*block), lease.to_json(), expect=version)
+            # Forgotten only once written: a release cut short is done again at the end.
+            self._held.pop(block, None)
 
     async def release_all(self) -> None:
-        """Give up every lease held, as one group; the run is over."""
+        """Give up every lease held; the run is over."""
         try:
-            async with self._lock:
-                await self._release(list(self._held))
+            for block in list(self._held):
+                await self.release(block)
         finally:
             _ACTIVE.discard(self.owner.run_id)
-
-
-async def _all(reads: Iterable[Awaitable[Blob | None]]) -> list[Blob | None]:
-    """Await ``reads`` concurrently, in order."""
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(_await(read)) for read in reads]
-    except BaseExceptionGroup as errors:
-        raise unwrap(errors) from None
-    return [task.result() for task in tasks]
-
-
-async def _await(read: Awaitable[Blob | None]) -> Blob | None:
-    return await read

@@ -57,7 +57,7 @@ from harvester.lake.spool import Spool
 from harvester.lake.writer import DayWriter
 from harvester.leases import Block, Leases
 from harvester.manifest import legacy
-from harvester.manifest.io import Manifest, Versioned
+from harvester.manifest.io import Fenced, Manifest, Versioned
 from harvester.manifest.model import Head, MonthSummary, Partition, month_domain, months_between
 from harvester.paging import page_through
 from harvester.planner import FeedPlan, Plan, shard_share, windows_in
@@ -130,9 +130,18 @@ async def rebuild_head(manifest: Manifest, config: HarvestConfig) -> Head:
     """A new head from every partition (the old head was damaged): one listing, read all."""
     parts = await manifest.all_partitions()
     step = int(config.window.total_seconds())
+    table_format = config.table_format
+    # The lake's own window size and format, as its partitions record them, not the
+    # run's: open_lake must still refuse a run that would mix two cuts of time.
+    windows = [w for current in parts for w in current.part.windows.values()]
+    sizes = {w.end - w.start for w in windows}
+    if len(sizes) == 1:
+        step = sizes.pop()
+    if windows:
+        table_format = "iceberg" if windows[0].snapshot is not None else "hive"
 
     def rebuild(_: Head | None) -> Head:
-        head = Head(table_format=config.table_format, window=step)
+        head = Head(table_format=table_format, window=step)
         for current in parts:
             if current.version is not None:
                 head = head.with_partition(current.part, current.version)
@@ -319,7 +328,7 @@ class Harvest:
         With ``--repair``, the lake is verified first: windows whose files are missing or
         damaged become incomplete, so this very run harvests them again.
         """
-        if self.config.repair and self.config.table_format == "hive":
+        if self.config.repair:
             from harvester.verify import verify
 
             await verify(self.store, feeds=self.config.feeds, repair=True, run_id=self.run_id)
@@ -543,12 +552,10 @@ class Harvest:
         folder: Path,
     ) -> None:
         queue = work.queue
-        blocked = [
-            month
-            for _, month in await leases.acquire_many(
-                (span.feed, month) for month in months_between(span.start, span.end)
-            )
-        ]
+        # The months its windows *start* in: a window longer than a day may end in the
+        # next month, whose lease it does not need (nor must wait for).
+        months = months_between(span.start, span.end - self.step + 1)
+        blocked = [month for month in months if not await leases.acquire((span.feed, month))]
         if blocked:
             held = Spans.of(month_domain(m, self.step) for m in blocked)
             queue.give_back(span)
@@ -565,7 +572,7 @@ class Harvest:
                 )
             return
         meanwhile = Spans()
-        for month in months_between(span.start, span.end):
+        for month in months:
             meanwhile = meanwhile | await self._recheck((span.feed, month), leases, work, committer)
         done_meanwhile = meanwhile.clip(span.start, span.end)
         if done_meanwhile:
@@ -712,11 +719,58 @@ class Harvest:
                 return known
             fresh = Spans()
             if block in leases.taken_over:
-                feed, month = block
-                fresh = self._complete(await self.manifest.read_partition(feed, month))
+                feed = block[0]
+                current = await self._fence(block, leases)
+                fresh = self._complete(current)
                 self._skip_done(feed, work.queue.remaining(feed) & fresh, work, committer)
+                await self._adopt_month(current)
             self._rechecked[block] = fresh
             return fresh
+
+    async def _fence(self, block: Block, leases: Leases) -> Versioned:
+        """The block's partition; for a seized lease, first stamped with this run's token.
+
+        The run whose lease expired may be alive (a stalled process, a clock that
+        disagrees) and about to commit. Once the partition carries the newer token, its
+        partition write is refused (:class:`~harvester.manifest.io.Fenced`), so any day
+        file it writes stays unrecorded, and this run may replace it. Without the fence,
+        it could record a file after this run read the partition, and this run would
+        replace that file taking it for a killed run's leftover: rows lost.
+        """
+        feed, month = block
+        if block not in leases.seized:
+            return await self.manifest.read_partition(feed, month)
+        try:
+            return await self.manifest.update_partition(
+                feed, month, lambda part: part, token=leases.token(block)
+            )
+        except Fenced:
+            leases.lost.add(block)  # a newer run has it already: commit nothing of it
+            return await self.manifest.read_partition(feed, month)
+
+    async def _adopt_month(self, current: Versioned) -> None:
+        """Record in the head a month a run wrote the partition of, and then died.
+
+        Killed between writing a new month's partition and the head, a run leaves the
+        head without that month; nothing else would ever add it (the plan reads only
+        the months the head knows), so ``status`` and ``--since-last`` would miss those
+        windows for good. Only a month the head does not know at all is added: one it
+        knows is the plan's to heal, and a newer writer's summary is never undone.
+        """
+        part, version = current.part, current.version
+        if version is None or not part.windows:
+            return
+
+        def change(head: Head | None) -> Head:
+            assert head is not None
+            if part.month in head.feed(part.feed).months:
+                return head
+            return head.with_partition(part, version)
+
+        head, _ = await self.manifest.read_head()
+        if head is not None and part.month not in head.feed(part.feed).months:
+            log.warning("manifest.head_healed", months=1, feed=part.feed, month=part.month)
+            await self.manifest.update_head(change)
 
     def _complete(self, current: Versioned) -> Spans:
         """The windows of ``current`` complete as this run wants them.

@@ -193,6 +193,11 @@ def date_ranges(days: Iterable[date]) -> list[str]:
 def render_status(status: Mapping[str, Any]) -> str:
     """The status as text for people: a header, a table per feed, then gaps and failures."""
     lines = [f"Lake {status.get('lake') or '?'}: {_runs_line(status)}"]
+    if status.get("head_damaged"):
+        lines.append(
+            "The manifest head is damaged: this view was rebuilt from the month partitions; "
+            "the next run writes the head again."
+        )
     feeds: Mapping[str, Mapping[str, Any]] = status.get("feeds", {})
     if not feeds:
         lines.append("Nothing harvested yet: the lake has no manifest.")

@@ -29,7 +29,6 @@ from __future__ import annotations
 import abc
 import asyncio
 import builtins
-import concurrent.futures
 import contextlib
 import errno
 import fcntl
@@ -37,22 +36,12 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, TypeAlias, TypeVar, final
+from typing import Final, TypeAlias, final
 
-from harvester.errors import (
-    ConfigError,
-    Conflict,
-    StorageAccessError,
-    StorageError,
-    StorageFull,
-    TransientStorageError,
-    unwrap,
-)
-
-_T = TypeVar("_T")
+from harvester.errors import ConfigError, Conflict, StorageAccessError, StorageError, StorageFull
 
 MiB = 1024 * 1024
 MIN_PART_SIZE = 5 * MiB
@@ -131,28 +120,6 @@ class StoredFile:
         return cls(key=info.key, size=info.size, etag=info.etag)
 
 
-@dataclass(frozen=True, kw_only=True)
-class Staged:
-    """A file staged locally, to commit at ``key`` if ``expect`` holds (:meth:`Store.commit`)."""
-
-    path: Path
-    key: str
-    expect: Expect = None
-
-
-@dataclass(frozen=True, kw_only=True)
-class Put:
-    """A small object to write at ``key`` if ``expect`` holds (:meth:`Store.write`)."""
-
-    key: str
-    data: bytes
-    expect: Expect = None
-
-
-PARALLEL_COMMITS = 8
-"""Commits :meth:`Store.commit_many` runs at once by default (S3 uploads, say)."""
-
-
 class Store(abc.ABC):
     """An async object store rooted at one lake location."""
 
@@ -183,29 +150,6 @@ class Store(abc.ABC):
         The same semantics as :meth:`write`, for big files. On a conflict the staged file
         is left where it was (the staging context removes it).
         """
-
-    async def write_many(self, items: Sequence[Put]) -> builtins.list[ObjectInfo | StorageError]:
-        """:meth:`write` each item; every one is durable when this returns.
-
-        Answers as :meth:`commit_many` does: each item's object, or the
-        :class:`~harvester.errors.Conflict` (or
-        :class:`~harvester.errors.TransientStorageError`) its own write would have raised.
-        """
-        return await _each(items, lambda item: self.write(item.key, item.data, expect=item.expect))
-
-    async def commit_many(
-        self, items: Sequence[Staged]
-    ) -> builtins.list[ObjectInfo | StorageError]:
-        """:meth:`commit` each item; every one is durable when this returns.
-
-        The answer for each item, in order: its object, or the
-        :class:`~harvester.errors.Conflict` (or
-        :class:`~harvester.errors.TransientStorageError`) that a commit of it alone would
-        have raised; the other items go on. Any other error is raised, and the items
-        committed before it stay, as they would after the same commits made one by one.
-        Stores override this to make a group durable at once.
-        """
-        return await _each(items, lambda item: self.commit(item.path, item.key, expect=item.expect))
 
     @abc.abstractmethod
     async def delete(self, key: str, *, expect: str | None = None) -> None:
@@ -260,27 +204,6 @@ class Store(abc.ABC):
 
     async def close(self) -> None:
         """Release clients and threads."""
-
-
-async def _each(
-    items: Sequence[_T], call: Callable[[_T], Awaitable[ObjectInfo]]
-) -> builtins.list[ObjectInfo | StorageError]:
-    """``call`` each item, :data:`PARALLEL_COMMITS` at once; a lost condition is an answer."""
-    gate = asyncio.Semaphore(PARALLEL_COMMITS)
-
-    async def one(item: _T) -> ObjectInfo | StorageError:
-        async with gate:
-            try:
-                return await call(item)
-            except (Conflict, TransientStorageError) as exc:
-                return exc
-
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(one(item)) for item in items]
-    except BaseExceptionGroup as errors:
-        raise unwrap(errors) from None
-    return [task.result() for task in tasks]
 
 
 class LocalStore(Store):
@@ -368,80 +291,8 @@ class LocalStore(Store):
         except OSError as exc:
             raise local_error(exc, target) from exc
 
-    async def commit_many(
-        self, items: Sequence[Staged]
-    ) -> builtins.list[ObjectInfo | StorageError]:
-        """Commit a group in one thread, with one durability barrier before and one after.
-
-        Every staged file is synced before the first is renamed, so a crash never leaves
-        a name pointing at a file whose content did not reach the disk (a replaced file's
-        old rows are never lost); every folder a file was renamed into is synced before
-        this returns, so the caller records the group only once all of it is durable. In
-        between, a crash leaves some files renamed and none recorded: the same state as a
-        crash between two of :meth:`commit`'s calls.
-        """
-        pending = [(item.path, item.key, item.expect) for item in items]
-        return await asyncio.to_thread(self._install_many, pending)
-
-    async def write_many(self, items: Sequence[Put]) -> builtins.list[ObjectInfo | StorageError]:
-        """Write a group of small objects as :meth:`commit_many` commits files."""
-        return await asyncio.to_thread(self._write_many, items)
-
-    def _write_many(self, items: Sequence[Put]) -> builtins.list[ObjectInfo | StorageError]:
-        staged: builtins.list[Path] = []
-        made: builtins.list[Path] = []
-        try:
-            for item in items:
-                target = self._path(item.key)
-                try:
-                    made += _make_folders(target.parent)
-                    staged.append(_staged_beside(target))
-                    _write(staged[-1], item.data)
-                except OSError as exc:
-                    raise local_error(exc, target) from exc
-            pending = [(p, i.key, i.expect) for p, i in zip(staged, items, strict=True)]
-            return self._install_many(pending, made=made)
-        finally:
-            for path in staged:
-                with contextlib.suppress(OSError):
-                    path.unlink(missing_ok=True)
-
-    def _install_many(
-        self, pending: Sequence[tuple[Path, str, Expect]], *, made: Sequence[Path] = ()
-    ) -> builtins.list[ObjectInfo | StorageError]:
-        """Sync the staged files, install each if its condition holds, sync their folders.
-
-        ``made`` are folders the caller created for them: their names are synced too.
-        """
-        out: builtins.list[ObjectInfo | StorageError] = []
-        folders = dict.fromkeys(folder.parent for folder in made)
-        try:
-            _sync_many([path for path, _, _ in pending])
-        except OSError as exc:
-            raise local_error(exc, self._path(pending[0][1])) from exc
-        for path, key, expect in pending:
-            target = self._path(key)
-            try:
-                for folder in _make_folders(target.parent):
-                    folders[folder.parent] = None  # the new folder's name is in its parent
-                out.append(self._install(path, key, expect, sync=False))
-            except Conflict as exc:
-                out.append(exc)
-                continue
-            except OSError as exc:
-                raise local_error(exc, target) from exc
-            folders[target.parent] = None
-        _sync_many(builtins.list(folders), folders=True)
-        for (_, key, _), result in zip(pending, out, strict=True):
-            if isinstance(result, ObjectInfo):
-                _sweep(self._path(key))
-        return out
-
-    def _install(self, staged: Path, key: str, expect: Expect, *, sync: bool = True) -> ObjectInfo:
-        """Check ``expect`` and rename ``staged`` to ``key``, atomically; sync the folder.
-
-        With ``sync=False`` the caller syncs the folder itself (a group at once).
-        """
+    def _install(self, staged: Path, key: str, expect: Expect) -> ObjectInfo:
+        """Check ``expect`` and rename ``staged`` to ``key``, atomically; sync the folder."""
         target = self._path(key)
         with _locked(target.parent):
             current = _check(target, expect)
@@ -453,8 +304,7 @@ class LocalStore(Store):
             os.utime(staged, ns=(stamp, stamp))
             stat = os.stat(staged)
             os.replace(staged, target)
-        if sync:
-            _fsync_dir(target.parent)
+        _fsync_dir(target.parent)
         return ObjectInfo(key=key, size=stat.st_size, version=_version(stat))
 
     async def delete(self, key: str, *, expect: str | None = None) -> None:
@@ -620,22 +470,15 @@ def _sweep(target: Path) -> None:
     Another process's dot-file is a write in progress unless that process is gone (a
     ``kill -9``); files of other hosts, which this one cannot check, are left alone.
     """
-    prefix = f".{target.name}."
-    try:
-        names = os.listdir(target.parent)
-    except OSError:
-        return
-    for name in names:
-        if not (name.startswith(prefix) and name.endswith(".tmp")):
-            continue
-        parts = name[len(prefix) : -len(".tmp")].split(".")
+    for leftover in target.parent.glob(f".{target.name}.*.tmp"):
+        parts = leftover.name[len(target.name) + 2 : -len(".tmp")].split(".")
         if len(parts) != 3 or parts[0] != _HOST or not parts[1].isdigit():
             continue
         pid = int(parts[1])
         if pid == os.getpid() or _alive(pid):
             continue
         with contextlib.suppress(OSError):
-            (target.parent / name).unlink()
+            leftover.unlink()
 
 
 def _alive(pid: int) -> bool:
@@ -652,22 +495,6 @@ def _mkdir(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
 
 
-def _make_folders(path: Path) -> builtins.list[Path]:
-    """Create ``path`` and any missing parents; return the folders created, outermost first."""
-    try:
-        os.mkdir(path)
-    except FileExistsError:
-        return []
-    except FileNotFoundError:
-        made = _make_folders(path.parent)
-        try:
-            os.mkdir(path)
-        except FileExistsError:
-            return made
-        return [*made, path]
-    return [path]
-
-
 def _write(path: Path, data: bytes) -> None:
     with open(path, "wb") as handle:
         handle.write(data)
@@ -679,30 +506,6 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-SYNC_THREADS = 8
-"""Files synced at once in a group's durability barrier."""
-
-
-def _sync_many(paths: Sequence[Path], *, folders: bool = False) -> None:
-    """Sync every path to disk at once (``folders``: folders, which some systems refuse).
-
-    A journaling file system commits the fsyncs that wait together in one journal
-    commit, so a group of small files costs a few commits, not one each. (``syncfs``
-    would cost one call, but it also flushes every other dirty file of the file
-    system, other processes' and this run's spools included, and before Linux 5.8
-    did not report write-back errors: measured on a busy disk it was no better than
-    this.)
-    """
-    one = _fsync_dir if folders else _fsync
-    if len(paths) < 2:
-        for path in paths:
-            one(path)
-        return
-    with concurrent.futures.ThreadPoolExecutor(min(SYNC_THREADS, len(paths))) as pool:
-        for _ in pool.map(one, paths):
-            pass
 
 
 def _fsync_dir(path: Path) -> None:

@@ -22,19 +22,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import date
 from typing import Any
 
 import pyarrow.parquet as pq
 import structlog
 
-from harvester.errors import Conflict, StorageError
+from harvester.errors import ConfigError, Conflict, StorageError
 from harvester.intervals import Spans
-from harvester.lake.layout import is_legacy
+from harvester.lake.layout import day_start, is_legacy
 from harvester.leases import Leases
 from harvester.manifest.io import PARTITION, Manifest, Versioned, partition_key
-from harvester.manifest.model import FileRecord, Head, Partition
+from harvester.manifest.model import FileRecord, Head, Partition, month_of
 from harvester.storage import ObjectInfo, Store
 
 log = structlog.get_logger("harvester")
@@ -51,6 +53,8 @@ class FeedCheck:
     wrong_rows: list[str] = field(default_factory=list)
     unrecorded: list[str] = field(default_factory=list)
     damaged_partitions: list[str] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+    """The version each unrecorded file was listed at (a repair deletes only that one)."""
     windows_lost: int = 0
     """Complete windows whose rows are (partly) gone: harvested again after a repair."""
     repaired: bool = False
@@ -101,15 +105,29 @@ async def verify(
     feeds: Sequence[str] | None = None,
     deep: bool = False,
     repair: bool = False,
-    run_id: str = "verify",
+    run_id: str | None = None,
 ) -> Report:
-    """Check (and with ``repair``, repair) the lake in ``store``; record the result."""
+    """Check (and with ``repair``, repair) the lake in ``store``; record the result.
+
+    ``run_id`` names the leases' owner (a run's own id for ``run --repair``); by
+    default a fresh one, so that two verifies never take each other's leases for
+    their own.
+    """
     manifest = Manifest(store)
     head, _ = await manifest.read_head()
+    if head is not None and head.table_format != "hive":
+        # An Iceberg table's files are recorded by the table itself, not by our partitions:
+        # "nothing missing" would be a check of nothing.
+        raise ConfigError(
+            f"harvester verify checks Hive lakes only; {store.url('')} holds Iceberg tables, "
+            "which record their own files (remove stray ones with `harvester maintain "
+            "--orphans-older-than`)"
+        )
     known = sorted(head.feeds) if head else []
     names = [f for f in (feeds or known) if f in known]
     checks: dict[str, FeedCheck] = {}
-    leases = Leases(store, run_id) if repair else None
+    owner = run_id or f"verify-{uuid.uuid4().hex[:12]}"
+    leases = Leases(store, owner) if repair else None
     try:
         for feed in names:
             assert head is not None
@@ -147,6 +165,38 @@ async def _check_feed(
     months = sorted(head.feed(feed).months) or await _months_on_disk(store, feed)
     parts = await manifest.read_partitions(feed, months)
     recorded: set[str] = set()
+    _check_parts(feed, parts, listed, recorded, check)
+    # A run killed between writing a partition and the head leaves a month the head does
+    # not list yet: its files are recorded there, not unrecorded. Read those months too
+    # (only when such a file turns up, so a sound lake costs no extra read).
+    unknown = {_month_of_key(k, head.window) for k in listed if k not in recorded}
+    extra = sorted(unknown - set(parts) - {""})
+    if extra:
+        more = await manifest.read_partitions(feed, extra)
+        _check_parts(feed, more, listed, recorded, check)
+        parts = {**parts, **more}
+    if deep:
+        await _deep(store, [parts[m].part for m in parts], listed, check)
+    check.unrecorded = sorted(k for k in listed if k not in recorded and "/data/" not in k)
+    check.versions = {k: listed[k].version for k in check.unrecorded}
+    broken = set(check.broken)
+    for current in parts.values():
+        check.windows_lost += sum(
+            1 for w in current.part.windows.values() if broken.intersection(w.files)
+        )
+    if leases is not None and not check.ok:
+        check.repaired = await _repair(store, manifest, feed, parts, check, leases, head.window)
+    return check
+
+
+def _check_parts(
+    feed: str,
+    parts: dict[str, Versioned],
+    listed: dict[str, ObjectInfo],
+    recorded: set[str],
+    check: FeedCheck,
+) -> None:
+    """Compare the files ``parts`` record with the listing; note what they record."""
     for month, current in parts.items():
         if current.damaged is not None:
             check.damaged_partitions.append(partition_key(feed, month))
@@ -157,17 +207,18 @@ async def _check_feed(
             if record.key not in listed and _folding(record, complete):
                 continue
             _compare(record, listed.get(record.key), check)
-    if deep:
-        await _deep(store, [parts[m].part for m in parts], listed, check)
-    check.unrecorded = sorted(k for k in listed if k not in recorded and "/data/" not in k)
-    broken = set(check.broken)
-    for current in parts.values():
-        check.windows_lost += sum(
-            1 for w in current.part.windows.values() if broken.intersection(w.files)
-        )
-    if leases is not None and not check.ok:
-        check.repaired = await _repair(store, manifest, feed, parts, check, leases)
-    return check
+
+
+def _month_of_key(key: str, step: int) -> str:
+    """The month whose partition records data file ``key``: its first window's month.
+
+    A window longer than a day that starts in one month may hold days of the next.
+    """
+    day = day_of_key(key)
+    if not day:
+        return ""
+    start = day_start(date.fromisoformat(day))
+    return month_of(start // step * step)
 
 
 async def _months_on_disk(store: Store, feed: str) -> list[str]:
@@ -228,41 +279,53 @@ async def _repair(
     parts: dict[str, Versioned],
     check: FeedCheck,
     leases: Leases,
+    step: int,
 ) -> bool:
     """Make the damaged windows incomplete and delete unrecorded files, month by month."""
     broken = set(check.broken)
     unrecorded = set(check.unrecorded)
-    months = sorted(set(parts) | {day_of_key(k)[:7] for k in unrecorded if day_of_key(k)})
+    owner = {k: _month_of_key(k, step) for k in unrecorded}
+    months = sorted(set(parts) | {m for m in owner.values() if m})
     done = True
     for month in months:
         if not await leases.acquire((feed, month)):
             log.warning("verify.month_held", feed=feed, month=month)
             done = False
             continue
-        current = parts.get(month)
-        if current is not None:
-            drop_windows = [
-                w.start for w in current.part.windows.values() if broken.intersection(w.files)
-            ]
-            drop_files = [k for k in current.part.files if k in broken]
-            if drop_windows or drop_files or current.damaged is not None:
-
-                def change(
-                    part: Partition, dw: list[int] = drop_windows, df: list[str] = drop_files
-                ) -> Partition:
-                    return part.with_changes(drop_windows=dw, drop_files=df)
-
-                updated = await manifest.update_partition(
-                    feed, month, change, token=leases.token((feed, month))
-                )
-                assert updated.version is not None
-                await manifest.update_head(_heal(updated.part, updated.version))
-        for key in sorted(k for k in unrecorded if day_of_key(k)[:7] == month):
+        seen = parts.get(month)
+        # The check was made before the lease was ours: a run may have committed the
+        # month since (recorded a file found unrecorded, rewritten one found damaged) and
+        # given it up. So the partition is read again, and only what is still as found
+        # is acted on: a file record unchanged since the check; a file still unrecorded,
+        # deleted only at the version listed.
+        fresh = await manifest.read_partition(feed, month)
+        for key in sorted(k for k in unrecorded if owner[k] == month and k not in fresh.part.files):
             try:
-                await store.delete(key)
+                await store.delete(key, expect=check.versions.get(key))
             except (Conflict, StorageError) as exc:
                 log.warning("verify.delete_failed", key=key, error=str(exc))
                 done = False
+        still = {
+            k
+            for k in broken
+            if seen is not None
+            and k in seen.part.files
+            and fresh.part.files.get(k) == seen.part.files[k]
+        }
+        drop_windows = [w.start for w in fresh.part.windows.values() if still.intersection(w.files)]
+        drop_files = sorted(still)
+        if drop_windows or drop_files or fresh.damaged is not None:
+
+            def change(
+                part: Partition, dw: list[int] = drop_windows, df: list[str] = drop_files
+            ) -> Partition:
+                return part.with_changes(drop_windows=dw, drop_files=df)
+
+            updated = await manifest.update_partition(
+                feed, month, change, token=leases.token((feed, month))
+            )
+            assert updated.version is not None
+            await manifest.update_head(_heal(updated.part, updated.version))
     return done
 
 

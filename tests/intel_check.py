@@ -10,7 +10,7 @@ from typing import Any
 import duckdb
 
 from harvester.intel.build import BuildOptions, BuildResult, build_indicators
-from harvester.intel.source import HiveDaySource
+from harvester.intel.manifest_source import IcebergAccess, ManifestDaySource
 from harvester.storage import open_store
 
 # The issue's type map, restated here so the test does not trust the code's copy.
@@ -100,15 +100,32 @@ def lake_items(root: str, feeds: Iterable[str]) -> dict[str, list[dict[str, Any]
     return {feed: lake_rows(root, feed) for feed in feeds}
 
 
-def build(root: str, *, s3_endpoint_url: str | None = None, **options: Any) -> BuildResult:
-    """``build_indicators`` on the lake at ``root``, as the CLI runs it."""
+def build(
+    root: str,
+    *,
+    s3_endpoint_url: str | None = None,
+    catalog: str | None = None,
+    namespace: str | None = None,
+    **options: Any,
+) -> BuildResult:
+    """``build_indicators`` on the lake at ``root``, as the CLI runs it.
+
+    ``source``, if given, is called with the store and the Iceberg access to make the
+    :class:`DaySource`.
+    """
+    iceberg = IcebergAccess(
+        out=root, catalog=catalog, namespace=namespace, s3_endpoint_url=s3_endpoint_url
+    )
 
     async def go() -> BuildResult:
         store = open_store(root, s3_endpoint_url=s3_endpoint_url)
         try:
             source = options.pop("source", None)
             return await build_indicators(
-                store, source=source(store) if source else None, options=BuildOptions(**options)
+                store,
+                source=source(store, iceberg) if source else None,
+                options=BuildOptions(**options),
+                iceberg=iceberg,
             )
         finally:
             await store.close()
@@ -116,11 +133,13 @@ def build(root: str, *, s3_endpoint_url: str | None = None, **options: Any) -> B
     return asyncio.run(go())
 
 
-class CountingSource(HiveDaySource):
-    """The Hive source, remembering which (feed, day)s were read; fails on request."""
+class CountingSource(ManifestDaySource):
+    """The manifest source, remembering which (feed, day)s were read; fails on request."""
 
-    def __init__(self, store: Any, *, fail_after: int | None = None) -> None:
-        super().__init__(store)
+    def __init__(
+        self, store: Any, iceberg: IcebergAccess | None = None, *, fail_after: int | None = None
+    ) -> None:
+        super().__init__(store, iceberg=iceberg)
         self.reads: list[tuple[str, date]] = []
         self.fail_after = fail_after
 

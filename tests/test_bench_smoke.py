@@ -37,5 +37,8 @@ def test_benchmark_harness_smoke_run_writes_a_report(tmp_path: Path) -> None:
     ):
         assert scenario in text
     assert "harvester" in text
+    # the Iceberg path ran in e and its tables read back exactly (a difference exits 1)
+    assert "| harvester-iceberg (" in text
+    assert "Iceberg path: the rows read back" in text
     assert "# old report" not in text
     assert text.count("## Improvement log") == 1 and "- kept entry 42" in text

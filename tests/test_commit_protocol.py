@@ -23,6 +23,7 @@ from harvester.manifest.io import HEAD_KEY, partition_key
 from harvester.manifest.model import Head, Partition, WindowRecord, month_of, months_between
 from harvester.sim.server import SimulatorThread
 from harvester.status import collect_status
+from harvester.verify import verify
 
 from harvesting import SIM_KEY, _fast_sleep
 from lakecheck import assert_lake_exact
@@ -194,3 +195,16 @@ def test_a_nightly_no_op_and_status_cost_the_same_on_a_day_and_on_three_years() 
     long_run, long_status = nightly_calls(days=3 * 365)
     assert short_status == long_status == 1  # the head: one read
     assert short_run == long_run <= 2
+
+
+def test_verify_costs_one_listing_a_feed_and_a_read_a_month(sim: SimulatorThread) -> None:
+    """`verify` lists each feed once, reads the head and each month, and no data file."""
+    store = MemoryStore()
+    assert asyncio.run(harvest(store, sim.url)).ok  # 2024-01-29 .. 02-04: two months
+    store.calls.clear()
+    report = asyncio.run(verify(store))
+    assert report.ok and set(report.feeds) == set(FEEDS)
+    assert store.calls["list"] == len(FEEDS)
+    assert store.calls["read"] == 2 + 2 * len(FEEDS)  # each (feed, month), the head twice
+    assert store.calls["fetch"] == 0  # sizes come from the listing; --deep reads footers
+    assert store.calls["write"] == 1  # the result, into the head (read again to do so)

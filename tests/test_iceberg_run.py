@@ -211,3 +211,15 @@ def test_ddl_for_an_iceberg_lake_gives_views_that_see_later_runs(
     assert athena.returncode == 0 and "Athena finds Iceberg tables only in the AWS Glue" in (
         athena.stdout
     )
+
+
+def test_verify_and_repair_refuse_an_iceberg_lake(sim: SimulatorThread, tmp_path: Path) -> None:
+    """`verify` and `run --repair` refuse Iceberg tables in one line: no check of nothing."""
+    assert run(sim.url, tmp_path, after="2024-01-01", before="2024-01-02").ok
+    checked = cli(["verify", "--out", str(tmp_path)])
+    assert checked.returncode == 2
+    assert "Hive lakes only" in checked.stderr and "Traceback" not in checked.stderr
+    args = ["run", "--out", str(tmp_path), "--after", "2024-01-01", "--before", "2024-01-02"]
+    repaired = cli([*args, "--table-format", "iceberg", "--repair", "--base-url", sim.url])
+    assert repaired.returncode == 2
+    assert "drop --repair" in repaired.stderr and "Traceback" not in repaired.stderr

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
+import asyncio
 import shutil
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from harvester.intel.schema import INDICATOR_SCHEMA, STATE_KEY, TYPES
-from harvester.intel.state import PENDING, decode_state
+from harvester.intel.state import decode_state
 from harvester.sim.server import SimulatorThread
+from harvester.storage import open_store
+from harvester.verify import verify
 
 from harvesting import harvest
 from intel_check import CountingSource, build, expected_table, lake_items, table_rows
@@ -24,6 +26,7 @@ ALL = ("ips", "domains", "urls", "artifacts", "paths", "network_streams", "regis
 # Days 1-3 end January, days 4-5 start February: an update must leave January alone.
 FIRST = ("2024-01-30", "2024-02-02")
 SECOND = ("2024-02-02", "2024-02-04")
+STRICT = 50  # a --confidence that leaves out some of a day's records
 
 
 def _harvest(sim: SimulatorThread, out: Path, span: tuple[str, str]) -> None:
@@ -108,8 +111,8 @@ def test_incremental_build_reads_only_new_days_and_equals_a_full_rebuild(
     }
     seen: list[CountingSource] = []
 
-    def source(store: Any) -> CountingSource:
-        seen.append(CountingSource(store))
+    def source(store: Any, iceberg: Any) -> CountingSource:
+        seen.append(CountingSource(store, iceberg))
         return seen[0]
 
     result = build(str(lake), source=source)
@@ -129,44 +132,55 @@ def test_incremental_build_reads_only_new_days_and_equals_a_full_rebuild(
     assert table_rows(str(fresh)) == incremental
 
 
-def _rewrite_without(path: Path, keep: pa.Array) -> None:
-    """Replace a day file as a re-harvested window would: fewer rows, a new file."""
-    table = pq.read_table(path).filter(keep)
-    staged = path.with_name(f".{path.name}.test.tmp")
-    pq.write_table(table, staged, compression="zstd")
-    os.replace(staged, path)
+def _repair(lake: Path) -> None:
+    async def go() -> None:
+        store = open_store(str(lake))
+        try:
+            report = await verify(store, repair=True)
+            assert not report.ok  # it found something, and repaired it
+        finally:
+            await store.close()
+
+    asyncio.run(go())
 
 
 def test_reharvest_that_removes_a_values_only_sighting_removes_the_value(
-    first_lake: Path, tmp_path: Path
+    sim: SimulatorThread, first_lake: Path, tmp_path: Path
 ) -> None:
-    """A day file replaced without a value's only record: after an update the value is gone."""
+    """A day harvested again with a stricter query loses a value's only record: it goes.
+
+    And a day whose file was lost, repaired by ``verify --repair``, leaves the table.
+    """
     lake = _copy(first_lake, tmp_path)
     build(str(lake))
     before = table_rows(str(lake))
-    lonely = sorted(row[0] for row in before["domain"] if row[3] == 1)
-    assert lonely, "no domain seen once: pick another dataset"
-    victim = lonely[0]
-    files = [
-        p
-        for p in (lake / "domains").rglob("*.parquet")
-        if victim in pq.read_table(p, columns=["domain"]).column("domain").to_pylist()
+    once = {row[0] for row in before["domain"] if row[3] == 1}
+    weak = [
+        item
+        for item in lake_items(str(lake), ["domains"])["domains"]
+        if item["domain"] in once and (item.get("confidence") or 0) < STRICT
     ]
-    assert len(files) == 1
-    table = pq.read_table(files[0])
-    keep = pc.invert(pc.fill_null(pc.equal(table.column("domain"), victim), False))
-    _rewrite_without(files[0], keep)
-    # and a whole day of paths leaves the lake (a window that is now empty)
+    assert weak, "no domain seen once with a low confidence: pick another dataset"
+    victim = weak[0]
+    day = datetime.fromtimestamp(victim["timestamp"], UTC).date()
+    result = harvest(
+        sim.url, str(lake), feeds="domains", after=day.isoformat(),
+        before=(day + timedelta(days=1)).isoformat(), confidence=STRICT, severity=0,
+    )  # fmt: skip
+    assert result.ok and result.feeds["domains"].done == 1
+    # and a whole day of paths is lost, then repaired away (its window is incomplete)
     gone = sorted((lake / "paths").glob("dt=2024-01-31/*.parquet"))
     assert gone
     for path in gone:
         path.unlink()
+    _repair(lake)
 
     result = build(str(lake))
     assert not result.rebuild
     assert ("paths", date(2024, 1, 31)) in result.dropped
+    assert ("domains", day) in result.read
     after = table_rows(str(lake))
-    assert victim not in {row[0] for row in after["domain"]}
+    assert victim["domain"] not in {row[0] for row in after["domain"]}
     assert after == expected_table(lake_items(str(lake), ALL))
     assert after != before
     build(str(lake), rebuild=True)
@@ -183,27 +197,31 @@ def test_a_build_that_dies_half_way_is_finished_exactly_by_the_next(
     """
     lake = _copy(first_lake, tmp_path)
     build(str(lake))
-    # January 31st re-harvested with the same records (new files), then days 4-5
-    for path in lake.glob("*/dt=2024-01-31/*.parquet"):
-        info = path.stat()
-        os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns + 10**9))
+    # January 31st harvested again with a stricter query (new files), then days 4-5
+    again = harvest(
+        sim.url, str(lake), after="2024-01-31", before="2024-02-01", confidence=STRICT, severity=0
+    )
+    assert again.ok
     _harvest(sim, lake, SECOND)
     january = {p: p.stat().st_mtime_ns for p in (lake / "_indicators").rglob("month=2024-01*")}
 
-    def dying(store: Any) -> CountingSource:
-        return CountingSource(store, fail_after=len(ALL) + 3)  # in February's days
+    def dying(store: Any, iceberg: Any) -> CountingSource:
+        return CountingSource(store, iceberg, fail_after=len(ALL) + 3)  # in February's days
 
     with pytest.raises(RuntimeError, match="simulated crash"):
         build(str(lake), source=dying, read_ahead=1)
     assert {p: p.stat().st_mtime_ns for p in january} != january  # January was rewritten
     state = decode_state((lake / STATE_KEY).read_bytes())
     assert state is not None
-    pending = {(f, d) for f, days in state.items() for d, token in days.items() if token == PENDING}
+    pending = {(f, d) for f, days in state.pending.items() for d in days}
     assert {d for _, d in pending} == {date(2024, 1, 31), date(2024, 2, 2), date(2024, 2, 3)}
+    assert {f for f, _ in pending} == set(ALL)
     finished = build(str(lake))
     assert set(finished.read) == pending
-    assert table_rows(str(lake)) == expected_table(_truth(sim, FIRST[0], SECOND[1]))
+    assert table_rows(str(lake)) == expected_table(lake_items(str(lake), ALL))
     assert not list(lake.rglob(".*.tmp"))
+    done = decode_state((lake / STATE_KEY).read_bytes())
+    assert done is not None and not done.pending
 
 
 def test_a_table_computed_in_hash_buckets_equals_one_pass(

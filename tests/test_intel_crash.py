@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from harvester.intel.state import PENDING
+from harvester.intel.state import decode_state
 from harvester.sim.data import DatasetSpec
 
 from harvesting import harvest
@@ -93,5 +93,6 @@ def test_sigkill_during_a_build_leaves_each_type_old_or_new(make_sim, tmp_path: 
     )  # fmt: skip
     assert final.returncode == 0, final.stderr
     assert table_rows(str(lake)) == new
-    assert PENDING not in state.read_text()
+    done = decode_state(state.read_bytes())
+    assert done is not None and not done.pending  # no day is left marked pending
     assert not list(lake.rglob(".*.tmp"))

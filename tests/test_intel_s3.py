@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from pymisp import MISPEvent
 
+from harvester.errors import ConfigError
 from harvester.sim.server import SimulatorThread
 
 from harvesting import harvest
@@ -60,3 +61,29 @@ def test_s3_build_update_and_exports_equal_the_local_ones(
             attributes += len(event.attributes)
     assert names == {"manifest.json", "hashes.csv"} | {f"{u}.json" for u in manifest}
     assert attributes == summary.total > 0
+
+
+@pytest.mark.slow
+def test_an_iceberg_lake_on_s3_gives_the_table_a_local_hive_lake_gives(
+    sim: SimulatorThread, s3_bucket: tuple[str, str], tmp_path: Path
+) -> None:
+    """The catalog as `run` was given it (a SQL catalog here), the files on S3."""
+    endpoint, bucket = s3_bucket
+    remote, local = f"s3://{bucket}/tg", str(tmp_path / "lake")
+    catalog = f"sqlite:///{tmp_path / 'catalog.db'}"
+    common = {"after": FIRST[0], "before": FIRST[1], "confidence": 0, "severity": 0}
+    assert harvest(sim.url, local, **common).ok
+    assert harvest(
+        sim.url, remote, table_format="iceberg", catalog=catalog, s3_endpoint_url=endpoint,
+        **common,
+    ).ok  # fmt: skip
+    with pytest.raises(ConfigError, match="Iceberg tables need --catalog"):
+        build(remote, s3_endpoint_url=endpoint)
+    with admin_client(endpoint) as client:
+        listed = client.list_objects_v2(Bucket=bucket, Prefix="tg/")["Contents"]
+        assert not [o["Key"] for o in listed if "indicators/" in o["Key"]]  # nothing written
+    on_s3 = build(remote, s3_endpoint_url=endpoint, catalog=catalog)
+    on_disk = build(local)
+    assert on_s3.read == on_disk.read and on_s3.tables == on_disk.tables
+    assert table_rows(remote, con=duckdb_for_s3(endpoint)) == table_rows(local)
+    assert build(remote, s3_endpoint_url=endpoint, catalog=catalog).up_to_date

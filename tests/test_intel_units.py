@@ -19,6 +19,9 @@ from harvester.intel.filters import Allowlist, ExportFilter, parse_since, parse_
 from harvester.intel.schema import feed_sources, month_of
 from harvester.intel.state import (
     PENDING,
+    Group,
+    State,
+    day_versions,
     decode_state,
     encode_state,
     mark_pending,
@@ -54,16 +57,58 @@ def test_plan_reads_changed_days_and_drops_gone_ones(
     for feed, day in plan.touched:
         for kind, _ in feed_sources(feed):
             assert (feed, day) in plan.by_month[kind, month_of(day)]
-    marked = mark_pending(previous, plan)
-    assert {(f, d) for f, days in marked.items() for d, t in days.items() if t == PENDING} == set(
-        plan.touched
-    )
-    assert decode_state(encode_state(current)) == {f: d for f, d in current.items() if d}
+
+
+def _index(versions: dict[str, dict[date, str]]) -> dict[str, dict[str, Group]]:
+    """One group per (feed, month), named and versioned after it."""
+    index: dict[str, dict[str, Group]] = {}
+    for feed, days in versions.items():
+        for day, token in days.items():
+            month = month_of(day)
+            group = index.setdefault(feed, {}).setdefault(month, Group(version=f"v-{month}"))
+            index[feed][month] = Group(version=group.version, days={**group.days, day: token})
+    return index
+
+
+@given(previous=versions, current=versions)
+def test_state_round_trips_and_pending_days_read_as_changed(
+    previous: dict[str, dict[date, str]], current: dict[str, dict[date, str]]
+) -> None:
+    state = State(index=_index(previous), tables=frozenset({"ip"}))
+    assert state.versions == {f: d for f, d in previous.items() if d}
+    plan = plan_update(state.versions, current)
+    marked = mark_pending(state, plan.touched)
+    assert decode_state(encode_state(marked)) == marked
+    tokens = marked.versions
+    pending = {(f, d) for f, days in tokens.items() for d, t in days.items() if t == PENDING}
+    assert pending == set(plan.touched)
+    # every pending day is read (or dropped) again by the next plan, whatever the lake holds
+    again = plan_update(marked.versions, current)
+    assert set(plan.touched) <= set(again.touched)
+    # a group is taken from the state only at the version it was read at
+    for feed, groups in state.index.items():
+        for name, group in groups.items():
+            assert state.group(feed, name, group.version) == group
+            assert state.group(feed, name, "another") is None
+            assert state.group(feed, name, "") is None
+
+
+def test_a_day_held_by_two_groups_has_one_token_that_changes_with_either() -> None:
+    day = DAYS[0]
+    one = {"ips": {"2024-01": Group(version="1", days={day: "a"})}}
+    two = {"ips": {**one["ips"], "2024-02": Group(version="2", days={day: "b"})}}
+    other = {"ips": {**one["ips"], "2024-02": Group(version="3", days={day: "c"})}}
+    assert day_versions(one) == {"ips": {day: "a"}}
+    tokens = {day_versions(x)["ips"][day] for x in (one, two, other)}
+    assert len(tokens) == 3
+    with pytest.raises(ValueError, match="day token"):
+        Group(version="1", days={day: PENDING})
 
 
 def test_no_state_means_rebuild_and_a_foreign_state_too() -> None:
     assert plan_update(None, {"ips": {DAYS[0]: "a"}}).rebuild
     assert decode_state(b'{"format": 999, "versions": {}}') is None
+    assert decode_state(b'{"format": 1, "versions": {}}') is None  # the first format
     assert decode_state(b"not json") is None
     assert decode_state(None) is None
 
@@ -155,8 +200,12 @@ class MemorySource:
             self.days[feed, day] = items
             self.tokens[feed, day] = f"v{self.changes}"
 
-    async def day_versions(self, feed: str) -> dict[date, str]:
-        return {d: t for (f, d), t in self.tokens.items() if f == feed}
+    async def index(self, known: Any) -> dict[str, dict[str, Group]]:
+        index: dict[str, dict[str, Group]] = {}
+        for (feed, day), token in self.tokens.items():
+            found = index.setdefault(feed, {}).setdefault(month_of(day), Group(version=""))
+            index[feed][month_of(day)] = Group(version="", days={**found.days, day: token})
+        return index
 
     async def read_day(self, feed: str, day: date, columns: Sequence[str]) -> pa.Table:
         table = items_to_table(FEEDS[feed], self.days.get((feed, day), []))

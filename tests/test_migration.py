@@ -55,6 +55,7 @@ from harvester.windows import parse_api
 
 from cli import SIM_KEY, cli
 from harvesting import forget, harvest
+from intel_check import build, expected_table, table_rows
 from lakecheck import _canonical, assert_lake_exact, duckdb_for_s3, lake_rows, rebuild
 from s3_server import FaultProxy, admin_client
 
@@ -656,6 +657,45 @@ def test_orphan_v1_file_is_replaced_by_the_next_run_of_its_day(
     view = status(lake)
     assert "2024-01-02" not in expand(view["feeds"]["ips"]["partial"])
     assert date(2024, 1, 2) in expand(view["feeds"]["ips"]["complete"])
+
+
+@pytest.mark.slow
+def test_indicators_count_what_a_v1_lake_records_before_and_after_its_migration(
+    v1: Version1, tmp_path: Path, servers: Any
+) -> None:
+    """The indicator table of a v1 lake: its recorded windows, an orphan file left out.
+
+    Before the migration it is read from the version 1 manifest (in memory: the lake is
+    not written); after, the orphan is recorded holding no complete window, and is still
+    left out.
+    """
+    good, bad = servers
+    lake = Lake(str(tmp_path / "lake"))
+    write_v1_lake(v1, lake, good, bad)
+    orphan = next(
+        k for k in lake.data_files() if k.startswith("ips/dt=2024-01-02/") and V1_FILE.search(k)
+    )
+    start, end = re.findall(r"\d{8}T\d{6}Z", orphan)
+    (Path(lake.url) / f"_manifest/ips/{start}_{end}.json").unlink()
+    assert pq.read_metadata(Path(lake.url) / orphan).num_rows > 0
+    complete = lake.v1_complete()
+    before = lake.digests()
+
+    assert build(lake.url).rebuild
+    assert table_rows(lake.url) == expected_table(recorded_truth(good, complete))
+    mine = ("indicators/", "_indicators/")
+    assert {k: v for k, v in lake.digests().items() if not k.startswith(mine)} == before
+
+    first = v2(run_args(lake.url, good.url, "2024-01-01", "2024-01-02"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert_migrated(lake)
+    assert orphan in lake.data_files()
+    complete = with_range(complete, "2024-01-01", "2024-01-02")
+    updated = build(lake.url)
+    assert not updated.rebuild
+    assert table_rows(lake.url) == expected_table(recorded_truth(good, complete))
+    build(lake.url, rebuild=True)
+    assert table_rows(lake.url) == expected_table(recorded_truth(good, complete))
 
 
 # --- 2: re-harvesting migrated days, watched by a reader -----------------------------

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 
+from harvester.leases import Leases
+from harvester.manifest.io import Manifest
 from harvester.sim.server import SimulatorThread
+from harvester.storage import open_store
+from harvester.verify import FeedCheck, _repair
 
 from cli import cli
 from harvesting import harvest
@@ -100,9 +106,46 @@ def test_damaged_manifest_objects_never_stop_run_or_status(
     assert status.returncode == 0, status.stderr
     shown = json.loads(status.stdout)
     assert shown["head_damaged"] and shown["feeds"]["domains"]["complete_days"] == 3
+    text = cli(["status", "--out", str(tmp_path)])
+    assert text.returncode == 0 and "manifest head is damaged" in text.stdout
     again = harvest(sim.url, str(tmp_path), feeds=",".join(FEEDS))
     assert again.ok and again.feeds["ips"].done == 3  # ips's month was unreadable: redone
     assert_lake_exact(str(tmp_path), truth(sim))
     assert verify(tmp_path)[0] == 0
     healed = json.loads((tmp_path / "_manifest" / "_head.json").read_text())
     assert healed["feeds"]["ips"]["complete"]
+
+
+def test_repair_acts_only_on_what_is_still_as_found(sim: SimulatorThread, tmp_path: Path) -> None:
+    """Findings a run made stale before the lease was ours (recorded, rewritten) are left be."""
+    lake(sim, tmp_path)
+
+    async def repair_stale_findings() -> bool:
+        store = open_store(str(tmp_path))
+        try:
+            manifest = Manifest(store)
+            listed = {i.key: i for i in await store.list("ips/")}
+            parts = await manifest.read_partitions("ips", ["2024-01"])
+            keys = sorted(parts["2024-01"].part.files)
+            # As if, at check time, the first file had been unrecorded and the second
+            # damaged, and a run had since recorded the first and rewritten the second.
+            check = FeedCheck(unrecorded=[keys[0]], wrong_size=[keys[1]])
+            check.versions = {keys[0]: listed[keys[0]].version}
+            seen = parts["2024-01"]
+            record = seen.part.files[keys[1]]
+            older = replace(seen, part=seen.part.with_changes(files=[replace(record, size=1)]))
+            leases = Leases(store, "verify-test")
+            try:
+                return await _repair(
+                    store, manifest, "ips", {"2024-01": older}, check, leases, 86_400
+                )
+            finally:
+                await leases.release_all()
+        finally:
+            await store.close()
+
+    assert asyncio.run(repair_stale_findings())
+    assert verify(tmp_path)[0] == 0
+    assert_lake_exact(str(tmp_path), truth(sim))
+    again = harvest(sim.url, str(tmp_path), feeds=",".join(FEEDS))
+    assert again.ok and again.feeds["ips"].done == 0  # no window was dropped

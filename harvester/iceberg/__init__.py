@@ -4,7 +4,8 @@ One module per concept: :mod:`.catalog` (which catalog, from ``--catalog``),
 :mod:`.tables` (schema, partition spec, the Parquet files), :mod:`.commit` (one atomic
 replacement of a group of windows), :mod:`.ancestry` (is a unit's commit still in the
 table?), :mod:`.hint` (the ``version-hint.text`` DuckDB reads), :mod:`.maintain`
-(expiry, compaction, orphans) and :mod:`.ddl` (DuckDB views, Athena's answer).
+(expiry, compaction, orphans), :mod:`.reader` (windows read back, for the indicator
+table) and :mod:`.ddl` (DuckDB views, Athena's answer).
 
 pyiceberg is an optional extra (``threatgrid-harvester[iceberg]``). This package's
 ``__init__`` does not import it, and nothing outside ``harvester.iceberg`` imports a

@@ -6,7 +6,8 @@ row per (type, value) over every record of the lake (:mod:`~harvester.intel.buil
 blocklist (:mod:`~harvester.intel.export`).
 
     schema.py     the table's columns, the type map, where everything lives     (pure)
-    source.py     DaySource: a (feed, day)'s data and a token of its version
+    source.py     DaySource: a (feed, day)'s data and a token of its version; a listing
+    manifest_source.py   days, tokens and rows as the lake's manifest records them
     state.py      which version of each (feed, day) the partials hold; the update plan
     resources.py  DuckDB's memory limit (without importing DuckDB)
     engine.py     one bounded-memory DuckDB session; query results -> Parquet

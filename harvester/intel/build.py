@@ -1,12 +1,14 @@
 """``harvester indicators``: build the indicator table, or bring it up to date.
 
-An update touches only what changed. It reads the (feed, day)s whose version token
-differs from the one the state recorded (:mod:`~harvester.intel.state`), rewrites only
-the month partial files those days fall in, and then recomputes the table of each
-type whose partials changed from that type's partials alone. The lake's other days
-are never read again. Because partials keep distinct (value, sample) and (value, ioc)
-pairs per (feed, day), the result equals a full rebuild, also when a re-harvested
-window lost a value's only sighting.
+An update touches only what changed. The lake's manifest says which (feed, day)s hold
+data and a version token of each (:mod:`~harvester.intel.manifest_source`; the months
+whose manifest partition is unchanged since the last build are not even read); the
+builder reads the days whose token differs from the one its state recorded
+(:mod:`~harvester.intel.state`), rewrites only the month partial files those days fall
+in, and then recomputes the table of each type whose partials changed from that type's
+partials alone. The lake's other days are never read again. Because partials keep
+distinct (value, sample) and (value, ioc) pairs per (feed, day), the result equals a
+full rebuild, also when a re-harvested window lost a value's only sighting.
 
 Write order, which is what makes ``kill -9`` harmless:
 
@@ -29,18 +31,20 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Coroutine, Iterator, Sequence
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import structlog
 
-from harvester.errors import ConfigError
+from harvester.errors import ConfigError, unwrap
 from harvester.intel.aggregate import batch_partials, indicator_rows, merge_month, prepare_day
 from harvester.intel.engine import Engine
+from harvester.intel.manifest_source import IcebergAccess, ManifestDaySource
 from harvester.intel.resources import DEFAULT_MEMORY_LIMIT, check_memory_limit, memory_bytes
 from harvester.intel.schema import (
     PARTIALS_PREFIX,
@@ -54,17 +58,17 @@ from harvester.intel.schema import (
     partial_key,
     table_key,
 )
-from harvester.intel.source import DaySource, HiveDaySource
+from harvester.intel.source import DaySource
 from harvester.intel.state import (
     DayKey,
+    State,
     UpdatePlan,
-    Versions,
+    day_versions,
     decode_state,
     encode_state,
     mark_pending,
     plan_update,
 )
-from harvester.schemas import FEEDS
 from harvester.storage import Store
 
 log = structlog.get_logger("harvester")
@@ -129,26 +133,38 @@ class BuildResult:
 
 
 async def build_indicators(
-    store: Store, *, source: DaySource | None = None, options: BuildOptions | None = None
+    store: Store,
+    *,
+    source: DaySource | None = None,
+    options: BuildOptions | None = None,
+    iceberg: IcebergAccess | None = None,
 ) -> BuildResult:
-    """Build or update ``{out}/indicators`` in ``store`` from ``source`` (the Hive layout)."""
+    """Build or update ``{out}/indicators`` in ``store`` from ``source``.
+
+    ``source`` defaults to the lake's manifest (:class:`ManifestDaySource`), which reads
+    an Iceberg lake through the catalog ``iceberg`` names (by default ``run``'s).
+    """
     options = options or BuildOptions()
-    source = source or HiveDaySource(store)
+    source = source or ManifestDaySource(store, iceberg=iceberg)
     began = time.monotonic()
-    previous = None if options.rebuild else decode_state(await store.get_bytes(STATE_KEY))
-    listed = await asyncio.gather(*(source.day_versions(feed) for feed in FEEDS))
-    current: Versions = {feed: dict(days) for feed, days in zip(FEEDS, listed, strict=True)}
-    plan = plan_update(previous, current)
-    partials = await _partials(store)
+    stored = await store.get_bytes(STATE_KEY)
+    previous = None if options.rebuild else decode_state(stored)
+    index = await source.index(previous)
+    current = day_versions(index)
+    plan = plan_update(None if previous is None else previous.versions, current)
     tables = await table_types(store)
-    nothing = not any(current.values()) and not (partials or tables)
-    # ... and not even an empty table was built before: most likely a wrong --out
-    if nothing and await store.get_bytes(STATE_KEY) is None:
+    # Nothing to build from, and not even an empty table was built before: most likely
+    # a wrong --out.
+    if not current and not tables and stored is None:
         raise ConfigError(
             f"{store.url()} holds no feed data to build indicators from; harvest into it "
             "first, or fix --out"
         )
-    if not plan.touched and not plan.rebuild and _types(partials) == tables:
+    if previous is not None and not plan.touched and tables == previous.tables:
+        if index != previous.index:
+            # Partitions rewritten without a change to their days' data: remember their
+            # new versions, so the next build need not read them again.
+            await store.put_bytes(STATE_KEY, encode_state(replace(previous, index=index)))
         log.info("indicators.up_to_date", lake=store.url())
         return BuildResult(
             rebuild=False, read=(), dropped=(), partials_written=0, partials_removed=0,
@@ -161,11 +177,11 @@ async def build_indicators(
         dropped=len(plan.drop),
         months=len(plan.by_month),
     )
-    if plan.rebuild:
+    if previous is None:
         await store.delete(STATE_KEY)  # killed from here on, the next build rebuilds too
     else:
-        assert previous is not None
-        await store.put_bytes(STATE_KEY, encode_state(mark_pending(previous, plan)))
+        await store.put_bytes(STATE_KEY, encode_state(mark_pending(previous, plan.touched)))
+    partials = await _partials(store)
     with _workspace(options) as (work, engine):
         written = await _update_partials(store, source, engine, work, plan, partials, options)
         if plan.rebuild:  # months no longer in the lake at all
@@ -178,7 +194,8 @@ async def build_indicators(
         rows = {}
         for kind in (t for t in TYPES if t in redo):
             rows[kind] = await _write_table(store, engine, work, kind)
-    await store.put_bytes(STATE_KEY, encode_state(current))
+    there = (tables - redo) | {kind for kind, count in rows.items() if count}
+    await store.put_bytes(STATE_KEY, encode_state(State(index=index, tables=frozenset(there))))
     result = BuildResult(
         rebuild=plan.rebuild,
         read=plan.read,
@@ -263,9 +280,7 @@ async def _aggregate_days(
     batch: list[tuple[str, date, pa.Table]] = []
     for start in range(0, len(reads), options.read_ahead):
         group = reads[start : start + options.read_ahead]
-        tables = await asyncio.gather(
-            *(source.read_day(feed, day, feed_columns(feed)) for feed, day in group)
-        )
+        tables = await _all([source.read_day(feed, day, feed_columns(feed)) for feed, day in group])
         batch += [(f, d, prepare_day(t)) for (f, d), t in zip(group, tables, strict=True)]
         del tables
         last = start + options.read_ahead >= len(reads)
@@ -343,3 +358,16 @@ def _rows_per_bucket(memory_limit: str) -> int:
 
 def _remove_tree(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
+
+
+_T = TypeVar("_T")
+
+
+async def _all(calls: Sequence[Coroutine[Any, Any, _T]]) -> list[_T]:
+    """Await ``calls`` concurrently, in order; the first failure cancels the rest."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(call) for call in calls]
+    except BaseExceptionGroup as errors:
+        raise unwrap(errors) from None
+    return [task.result() for task in tasks]

@@ -38,36 +38,17 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from harvester.errors import (
-    FATAL,
-    Conflict,
-    HarvesterError,
-    StorageError,
-    TransientStorageError,
-    unwrap,
-)
+from harvester.errors import Conflict, StorageError, TransientStorageError
 from harvester.intervals import Spans
 from harvester.lake import days
-from harvester.lake.byday import DayRows
 from harvester.lake.layout import data_key, day_folder, day_start, is_legacy, main_key
 from harvester.lake.spool import Spool
 from harvester.manifest.model import FileRecord, WindowRecord
 from harvester.schemas import FEEDS, Feed
-from harvester.storage import ABSENT, Expect, ObjectInfo, Staged, Store
+from harvester.storage import ABSENT, Expect, ObjectInfo, Store
 
 ROW_GROUP_ROWS = 128 * 1024
 COMPRESSION = "zstd"
-BUFFERED_ROWS = 50_000
-"""Files of up to this many rows are encoded in memory and written in one call."""
-DICTIONARY_ROWS = 2_000
-"""Files of at least this many rows use dictionary encoding.
-
-Measured on simulated feeds (zstd): below about 1,000 rows a dictionary makes the
-file bigger and its encoding slower (each dictionary page is one more zstd call,
-and zstd's per-call set-up dominates a tiny file: 0.33 against 0.49 ms for a day of
-20 rows); from about 5,000 rows it makes the file smaller and faster to write (at
-20,000 rows half the size), as sample ids and names repeat within a day.
-"""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,9 +60,8 @@ class DayJob:
     step: int
     """The window size in seconds."""
     replaced: Spans
-    """The day's windows harvested in this commit: their rows are in ``rows``."""
-    rows: DayRows
-    """The group's spooled rows; this day's are taken from it once."""
+    """The day's windows harvested in this commit: their rows are in ``spools``."""
+    spools: Sequence[Spool]
     files: Sequence[FileRecord] = ()
     """The day's files as the manifest records them."""
     previous: Mapping[int, WindowRecord] = field(default_factory=dict)
@@ -116,35 +96,6 @@ class DayResult:
         return tuple(f.key for f in self.files if f.windows.clip(start, end))
 
 
-PARALLEL_DAYS = 8
-"""Days with files already (rewritten one by one) written at once."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class _File:
-    """A data file made in the staging folder, to be committed at ``key``."""
-
-    key: str
-    path: Path
-    windows: Spans
-    rows: int
-    expect: Expect
-
-
-@dataclass(frozen=True, kw_only=True)
-class _Made:
-    """A day whose files are staged, with what its result will say."""
-
-    job: DayJob
-    files: tuple[_File, ...]
-    window_rows: Mapping[int, int]
-    dropped: tuple[str, ...] = ()
-
-
-ENCODERS = 2
-"""Threads encoding files at once (for all feeds): pyarrow encodes without the GIL."""
-
-
 class DayWriter:
     """Writes days of one lake; ``staging`` is a local folder for the files being made."""
 
@@ -152,163 +103,38 @@ class DayWriter:
         self.store = store
         self.staging = staging
         self.cap = cap
-        self._encoders = asyncio.Semaphore(ENCODERS)
-
-    async def write_days(self, jobs: Sequence[DayJob]) -> dict[date, DayResult | HarvesterError]:
-        """Write several days of one feed; each day's answer is its result or its error.
-
-        Fresh days are made as one group: their files are encoded in one thread and
-        committed together (:meth:`~harvester.storage.Store.commit_many`: one
-        durability barrier for the group, not one per file). Days with files are
-        rewritten one by one, :data:`PARALLEL_DAYS` at once. A day that fails does not
-        stop the others; a :data:`~harvester.errors.FATAL` error stops them all.
-        """
-        fresh = [job for job in jobs if not job.files]
-        results: dict[date, DayResult | HarvesterError] = {}
-        gate = asyncio.Semaphore(PARALLEL_DAYS)
-
-        async def one(job: DayJob) -> None:
-            async with gate:
-                try:
-                    results[job.day] = await self.write(job)
-                except FATAL:
-                    raise
-                except HarvesterError as exc:
-                    results[job.day] = exc
-
-        async def group() -> None:
-            results.update(await self._fresh_group(fresh))
-
-        try:
-            async with asyncio.TaskGroup() as tasks:
-                if fresh:
-                    tasks.create_task(group())
-                for job in jobs:
-                    if job.files:
-                        tasks.create_task(one(job))
-        except BaseExceptionGroup as errors:
-            raise unwrap(errors) from None
-        return {job.day: results[job.day] for job in jobs}
 
     async def write(self, job: DayJob) -> DayResult:
         """Write ``job``'s day; see the module docstring for the three cases."""
         if any(is_legacy(f.key) for f in job.files):
             return await self._consolidate(job)
         if not job.files:
-            result = (await self._fresh_group([job]))[job.day]
-            if isinstance(result, HarvesterError):
-                raise result
-            return result
+            return await self._fresh(job, kept=None, expect_main=ABSENT)
         return await self._rewrite(job)
 
     # --- the three cases ---------------------------------------------------------------
 
-    async def _fresh_group(self, jobs: Sequence[DayJob]) -> dict[date, DayResult | HarvesterError]:
-        ordered = sorted(jobs, key=lambda j: j.day)
-        size = -(-len(ordered) // ENCODERS)
-        chunks = [ordered[i : i + size] for i in range(0, len(ordered), size)]
-        tasks: list[asyncio.Task[list[_Made]]] = []
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self._make_chunk(c)) for c in chunks]
-        except BaseExceptionGroup as errors:
-            made = [m for t in tasks if t.done() and not t.exception() for m in t.result()]
-            await asyncio.to_thread(_remove, made)
-            error = unwrap(errors)
-            if isinstance(error, HarvesterError) and not isinstance(error, FATAL):
-                return {job.day: error for job in jobs}
-            raise error from None
-        return await self._commit([m for t in tasks for m in t.result()])
-
-    async def _make_chunk(self, jobs: Sequence[DayJob]) -> list[_Made]:
-        async with self._encoders:
-            return await asyncio.to_thread(self._make_all, jobs)
-
-    def _make_all(self, jobs: Sequence[DayJob]) -> list[_Made]:
-        """Take each day's rows and stage its files (blocking; a whole group in one trip)."""
-        made: list[_Made] = []
-        try:
-            for job in jobs:
-                new, counts = job.rows.take(job.day, job.replaced & job.span)
-                made.append(self._make(job, new, counts, expect_main=ABSENT))
-        except BaseException:
-            _remove(m for m in made)
-            raise
-        return made
-
-    def _make(
-        self,
-        job: DayJob,
-        new: pa.Table,
-        counts: Mapping[int, int],
-        *,
-        expect_main: Expect,
-        dropped: Iterable[str] = (),
-    ) -> _Made:
-        """Stage the files of a day written whole: ``new`` cut at windows, by the cap."""
-        files: list[_File] = []
-        groups = days.split_windows(dict(counts), job.step, cap=self.cap)
-        try:
-            for index, windows in enumerate(groups):
-                first = windows.pairs[0][0]
-                key = main_key(job.feed.name, job.day) if index == 0 else _key(job, first)
-                part = new if len(groups) == 1 else days.select(new, windows)
-                path = self._staged(job, key)
-                _write_parquet(path, part, job.feed.schema)
-                files.append(
-                    _File(
-                        key=key,
-                        path=path,
-                        windows=windows,
-                        rows=part.num_rows,
-                        expect=expect_main if index == 0 else ABSENT,
-                    )
-                )
-        except OSError as exc:
-            _remove([_Made(job=job, files=tuple(files), window_rows={})])
-            raise self.store.staging_error(exc, self.staging) from exc
-        keys = {f.key for f in files}
-        return _Made(
-            job=job,
-            files=tuple(files),
-            window_rows={s: n for s, n in counts.items() if job.replaced.containing(s)},
-            dropped=tuple(k for k in dropped if k not in keys),
+    async def _fresh(
+        self, job: DayJob, *, kept: Spool | None, expect_main: Expect, dropped: Iterable[str] = ()
+    ) -> DayResult:
+        sources = [*job.spools, *([kept] if kept else [])]
+        wanted = job.span & (job.replaced | (_held_by(kept) if kept else Spans()))
+        new = await asyncio.to_thread(_rows, sources, wanted, job.feed.schema)
+        counts = days.window_counts(new, job.step)
+        window_rows = {s: n for s, n in counts.items() if job.replaced.containing(s)}
+        records: list[FileRecord] = []
+        for index, group in enumerate(days.split_windows(counts, job.step, cap=self.cap)):
+            first = group.pairs[0][0]
+            key = main_key(job.feed.name, job.day) if index == 0 else _key(job, first)
+            expect = expect_main if index == 0 else ABSENT
+            part = days.select(new, group)
+            records.append(await self._put(job, key, part, group, expect))
+        return DayResult(
+            files=tuple(records),
+            dropped=tuple(k for k in dropped if k not in {r.key for r in records}),
+            window_rows=window_rows,
+            written=len(records),
         )
-
-    async def _commit(self, made: Sequence[_Made]) -> dict[date, DayResult | HarvesterError]:
-        """Commit staged days together; settle each file whose condition failed."""
-        results: dict[date, DayResult | HarvesterError] = {}
-        try:
-            staged = [
-                Staged(path=f.path, key=f.key, expect=f.expect) for m in made for f in m.files
-            ]
-            answers = iter(await self.store.commit_many(staged))
-            for day in made:
-                records: list[FileRecord] = []
-                try:
-                    for file in day.files:
-                        info = next(answers)
-                        if not isinstance(info, ObjectInfo):
-                            # Lost a race, or only the answer (the store's retries ran
-                            # out): look.
-                            info = await self._settle(day.job, file.key, file.path, file.expect)
-                        records.append(_record(day.job, file, info))
-                except FATAL:
-                    raise
-                except HarvesterError as exc:
-                    results[day.job.day] = exc
-                    for _ in day.files[len(records) + 1 :]:
-                        next(answers)
-                    continue
-                results[day.job.day] = DayResult(
-                    files=tuple(records),
-                    dropped=day.dropped,
-                    window_rows=day.window_rows,
-                    written=len(records),
-                )
-        finally:
-            await asyncio.to_thread(_remove, made)
-        return results
 
     async def _rewrite(self, job: DayJob) -> DayResult:
         files = {f.key: f for f in job.files}
@@ -320,7 +146,8 @@ class DayWriter:
         main = main_key(job.feed.name, job.day)
         if loose:
             targets[main] = targets.get(main, Spans()) | loose
-        new, counts = await asyncio.to_thread(job.rows.take, job.day, job.replaced & job.span)
+        new = await asyncio.to_thread(_rows, job.spools, job.replaced & job.span, job.feed.schema)
+        counts = days.window_counts(new, job.step)
         result_files: dict[str, FileRecord] = dict(files)
         dropped: list[str] = []
         unchanged: set[int] = set()
@@ -335,7 +162,13 @@ class DayWriter:
             old_part = days.select(old, target)
             new_part = days.select(new, target)
             redone = [s for s, _ in _windows(target, job.step) if s in job.previous]
-            if record is not None and days.same_rows(old_part, new_part):
+            # Left alone only if it is still the version recorded: one a killed commit
+            # rewrote (and never recorded) is written again, so the manifest records it.
+            if (
+                record is not None
+                and version == record.version
+                and days.same_rows(old_part, new_part)
+            ):
                 unchanged.update(redone)
                 continue
             if redone:
@@ -389,35 +222,19 @@ class DayWriter:
                     expect_main = versions[record.key]
                 elif record.key in versions:
                     await self.store.delete(record.key, expect=versions[record.key])
-
-            def make() -> _Made:
-                new, _ = job.rows.take(job.day, job.replaced & job.span)
-                new = days.concat([new, days.select(kept.read(), job.span)], job.feed.schema)
-                return self._make(
-                    job,
-                    new,
-                    days.window_counts(new, job.step),
-                    expect_main=expect_main,
-                    dropped=[f.key for f in job.files],
-                )
-
-            made = await asyncio.to_thread(make)
-            result = (await self._commit([made]))[job.day]
+            result = await self._fresh(
+                job, kept=kept, expect_main=expect_main, dropped=[f.key for f in job.files]
+            )
         finally:
             kept.discard()
-        if isinstance(result, HarvesterError):
-            raise result
         return result
 
     # --- files -------------------------------------------------------------------------
 
-    def _staged(self, job: DayJob, key: str) -> Path:
-        return self.staging / f"{job.feed.name}-{key.rsplit('/', 1)[-1]}"
-
     async def _put(
         self, job: DayJob, key: str, table: pa.Table, windows: Spans, expect: Expect
     ) -> FileRecord:
-        staged = self._staged(job, key)
+        staged = self.staging / f"{job.feed.name}-{key.rsplit('/', 1)[-1]}"
         try:
             await asyncio.to_thread(_write_parquet, staged, table, job.feed.schema)
         except OSError as exc:
@@ -514,42 +331,19 @@ def _present(table: pa.Table, step: int) -> Spans:
     return Spans.of((s, s + step) for s in days.window_counts(table, step))
 
 
-def _record(job: DayJob, file: _File, info: ObjectInfo) -> FileRecord:
-    return FileRecord(
-        key=file.key,
-        day=job.day.isoformat(),
-        size=info.size,
-        version=info.version,
-        rows=file.rows,
-        windows=file.windows,
-    )
+def _held_by(spool: Spool) -> Spans:
+    return Spans.one(0, 2**62) if spool.rows else Spans()
 
 
-def _remove(made: Iterable[_Made]) -> None:
-    """Delete staged files still there (committed ones were renamed away)."""
-    for day in made:
-        for file in day.files:
-            with contextlib.suppress(OSError):
-                file.path.unlink(missing_ok=True)
+def _rows(spools: Sequence[Spool], wanted: Spans, schema: pa.Schema) -> pa.Table:
+    """The rows of ``spools`` in ``wanted`` (blocking: memory-maps and filters)."""
+    return days.concat([days.select(s.read(), wanted) for s in spools], schema)
 
 
 def _write_parquet(path: Path, table: pa.Table, schema: pa.Schema) -> None:
-    """Write ``table`` as one zstd Parquet file (the store makes it durable when committed).
-
-    A small file is encoded in memory and written with one call; a big one is streamed.
-    """
-    if table.schema != schema:
-        table = table.cast(schema)
-    options = {"compression": COMPRESSION, "use_dictionary": table.num_rows >= DICTIONARY_ROWS}
-    if table.num_rows > BUFFERED_ROWS:
-        with pq.ParquetWriter(path, schema, **options) as writer:
-            writer.write_table(table, ROW_GROUP_ROWS)
-        return
-    sink = pa.BufferOutputStream()
-    with pq.ParquetWriter(sink, schema, **options) as writer:
-        writer.write_table(table, ROW_GROUP_ROWS)
-    with open(path, "wb") as handle:
-        handle.write(sink.getvalue())
+    """Write ``table`` as one zstd Parquet file, durable before it is committed."""
+    with pq.ParquetWriter(path, schema, compression=COMPRESSION) as writer:
+        writer.write_table(table.cast(schema), ROW_GROUP_ROWS)
 
 
 def _read_parquet(path: Path, key: str) -> pa.Table:

@@ -22,23 +22,16 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import orjson
 import structlog
 
-from harvester.errors import (
-    FATAL,
-    Conflict,
-    HarvesterError,
-    StorageError,
-    TransientStorageError,
-    unwrap,
-)
+from harvester.errors import Conflict, StorageError, TransientStorageError
 from harvester.manifest.model import Head, Partition
 from harvester.retry import Sleep
-from harvester.storage import ABSENT, Expect, ObjectInfo, Put, Store
+from harvester.storage import ABSENT, Expect, Store
 
 PREFIX = "_manifest"
 HEAD_KEY = f"{PREFIX}/_head.json"
@@ -145,7 +138,10 @@ class Manifest:
         for attempt in range(ATTEMPTS):
             current = await self.read_partition(feed, month)
             if token is not None and current.part.token > token:
-                raise self._fenced(feed, month, current.part.token, token)
+                raise Fenced(
+                    f"{partition_key(feed, month)} was written under lease {current.part.token}, "
+                    f"newer than this run's {token}: another run took over {feed} {month}"
+                )
             new = change(current.part)
             if token:
                 new = new.with_changes(token=token)
@@ -163,75 +159,6 @@ class Manifest:
         raise Conflict(
             f"{partition_key(feed, month)}: lost {ATTEMPTS} races to other writers in a row; "
             "run the same command again"
-        )
-
-    async def update_partitions(
-        self,
-        feed: str,
-        changes: Mapping[str, Callable[[Partition], Partition]],
-        *,
-        read: Mapping[str, Versioned],
-        tokens: Mapping[str, int | None],
-    ) -> dict[str, Versioned | HarvesterError]:
-        """:meth:`update_partition` for several months of ``feed``, written as one group.
-
-        The first attempt applies each change to the partition as ``read`` earlier and
-        writes them all together (:meth:`~harvester.storage.Store.write_many`: one
-        durability barrier); a month whose object has changed since goes through
-        :meth:`update_partition`'s own loop. Each month's answer is its partition or
-        its error (:class:`Fenced`, say); a :data:`~harvester.errors.FATAL` error raises.
-        """
-        out: dict[str, Versioned | HarvesterError] = {}
-        months: list[str] = []
-        puts: list[Put] = []
-        written: list[Partition] = []
-        for month, change in changes.items():
-            current, token = read[month], tokens[month]
-            if token is not None and current.part.token > token:
-                out[month] = self._fenced(feed, month, current.part.token, token)
-                continue
-            new = change(current.part)
-            if token:
-                new = new.with_changes(token=token)
-            months.append(month)
-            written.append(new)
-            puts.append(
-                Put(
-                    key=partition_key(feed, month),
-                    data=orjson.dumps(new.to_json()),
-                    expect=current.expect,
-                )
-            )
-        answers = await self.store.write_many(puts)
-        again = []
-        for month, new, answer in zip(months, written, answers, strict=True):
-            if isinstance(answer, ObjectInfo):
-                out[month] = Versioned(part=new, version=answer.version)
-            else:
-                again.append(month)  # lost a race, or the answer: the usual loop
-
-        async def retry(month: str) -> None:
-            try:
-                out[month] = await self.update_partition(
-                    feed, month, changes[month], token=tokens[month]
-                )
-            except FATAL:
-                raise
-            except HarvesterError as exc:
-                out[month] = exc
-
-        try:
-            async with asyncio.TaskGroup() as group:
-                for month in again:
-                    group.create_task(retry(month))
-        except BaseExceptionGroup as errors:
-            raise unwrap(errors) from None
-        return {month: out[month] for month in changes}
-
-    def _fenced(self, feed: str, month: str, theirs: int, ours: int) -> Fenced:
-        return Fenced(
-            f"{partition_key(feed, month)} was written under lease {theirs}, newer than "
-            f"this run's {ours}: another run took over {feed} {month}"
         )
 
     async def update_head(self, change: Callable[[Head | None], Head]) -> Head:
