@@ -31,6 +31,7 @@ import structlog
 
 from harvester.errors import FATAL, HarvesterError, unwrap
 from harvester.intervals import Spans
+from harvester.lake.byday import DayRows
 from harvester.lake.layout import day_of, day_start, is_legacy
 from harvester.lake.spool import Spool
 from harvester.lake.writer import DayJob, DayResult, DayWriter
@@ -350,16 +351,24 @@ class Committer:
         """
         state = self._feeds[feed]
         gate = asyncio.Semaphore(PARALLEL_DAYS)
+        hulls = {day: hull(day, self.step) for day in days}
+        # Each spool is split by day once for these days, not filtered once per day.
+        sources = []
+        for spooled in state.spooled:
+            start, end = spooled.span.start, spooled.span.end
+            wanted = [d for d, (low, high) in hulls.items() if start < high and low < end]
+            if wanted:
+                sources.append((spooled.spool, wanted))
+        rows = DayRows(sources, step=self.step, schema=FEEDS[feed].schema)
 
         async def one(day: date) -> DayResult:
-            low, high = hull(day, self.step)
-            spools = [s.spool for s in state.spooled if s.span.start < high and low < s.span.end]
+            low, high = hulls[day]
             job = DayJob(
                 feed=FEEDS[feed],
                 day=day,
                 step=self.step,
                 replaced=state.harvested.clip(low, high),
-                spools=spools,
+                rows=rows,
                 files=part.day_files(day.isoformat()),
                 previous={s: w for s, w in part.windows.items() if low <= s < high},
             )

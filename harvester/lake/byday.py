@@ -1,12 +1,12 @@
-"""A group commit's spooled rows by UTC day: each spool is read and split once.
+"""A commit's spooled rows by UTC day: each spool is read and split once.
 
 A span's spool holds the rows of many days when the span is long (a sparse year is a
-few spans). A group commit writes each of those days' files; selecting each day from
-the whole spool would read the spool once per day, O(days x rows). :class:`DayRows`
-reads a spool the first time one of its days is asked for, cuts it into the days'
-rows (zero-copy slices of the memory-mapped file where the rows of a day lie together,
-as newest-first pages make them), hands each day out once, and lets the spool go after
-its last day. Rows per window are counted in the same pass.
+few spans). A commit writes each of those days' files; selecting each day from the
+whole spool would read and filter the spool once per day, O(days x rows), and count
+each day's windows again. :class:`DayRows` reads a spool the first time one of its
+days is asked for, cuts it into the days' rows (zero-copy slices where the rows of a
+day lie together, as newest-first pages make them), counts rows per window in the same
+pass, hands each day out once, and lets the spool's rows go after its last day.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 @dataclass(kw_only=True)
 class DayPart:
-    """One day's rows from the spools, and how many fall in each window."""
+    """One day's rows (as they are gathered: mutable), and how many fall in each window."""
 
     batches: list[pa.RecordBatch] = field(default_factory=list)
     counts: dict[int, int] = field(default_factory=dict)
@@ -43,14 +43,15 @@ class DayPart:
 
 
 def split(table: pa.Table, step: int) -> dict[date, DayPart]:
-    """``table``'s rows by UTC day (pure; blocking).
+    """``table``'s rows by UTC day, with rows per window of ``step`` seconds (pure; blocking).
 
     Rows of a day that lie together in a record batch become one zero-copy slice; a
     batch whose days are interleaved is sorted by time first (a copy of that batch
-    only). Windows are ``step`` seconds on the epoch grid; ``step`` divides a day or is
-    whole days, so one unit of ``gcd(step, day)`` seconds lies in a single window and a
-    single day.
+    only). Windows lie on the epoch grid; ``step`` divides a day or is whole days, so
+    one cell of ``gcd(step, day)`` seconds lies in a single window and a single day.
     """
+    if step <= 0:
+        raise ValueError(f"window size must be positive, not {step}")
     unit = math.gcd(step, days.DAY)
     out: dict[date, DayPart] = {}
     for batch in table.to_batches():
@@ -62,7 +63,7 @@ def split(table: pa.Table, step: int) -> dict[date, DayPart]:
             order = pc.sort_indices(cells)
             batch, cells = batch.take(order), cells.take(order)
             runs = _runs(cells)
-        first: date | None = None
+        current: date | None = None
         begin = 0
         for cell, start, end in runs:
             instant = cell * unit
@@ -70,17 +71,17 @@ def split(table: pa.Table, step: int) -> dict[date, DayPart]:
             part = out.setdefault(day, DayPart())
             window = instant // step * step
             part.counts[window] = part.counts.get(window, 0) + end - start
-            if day != first:
-                if first is not None:
-                    out[first].batches.append(batch.slice(begin, start - begin))
-                first, begin = day, start
-        if first is not None:
-            out[first].batches.append(batch.slice(begin, batch.num_rows - begin))
+            if day != current:
+                if current is not None:
+                    out[current].batches.append(batch.slice(begin, start - begin))
+                current, begin = day, start
+        if current is not None:
+            out[current].batches.append(batch.slice(begin, batch.num_rows - begin))
     return out
 
 
 def _runs(cells: pa.Array) -> list[tuple[int, int, int]]:
-    """``(value, start, end)`` of each run of equal values in ``cells``."""
+    """``(value, start, end)`` of each run of equal values in ``cells`` (not empty)."""
     n = len(cells)
     if n == 1:
         return [(cells[0].as_py(), 0, 1)]
@@ -93,11 +94,11 @@ def _runs(cells: pa.Array) -> list[tuple[int, int, int]]:
 
 
 class DayRows:
-    """The rows of a group's spools, handed out a day at a time (thread-safe).
+    """The rows of a commit's spools, handed out a day at a time (thread-safe).
 
     ``sources`` pairs each spool with the days it is asked for. A spool is read and
-    split when the first of those days is taken, and forgotten (its memory map let go
-    once the rows handed out are) after the last.
+    split when the first of those days is taken, and forgotten after the last (its
+    memory map is let go once the rows handed out are).
     """
 
     def __init__(
@@ -145,7 +146,8 @@ class DayRows:
         table = pa.Table.from_batches(part.batches, schema=self.schema)
         if all(wanted.containing(start) for start in part.counts):
             return table, part.counts
-        # Rows of windows not asked for (never expected: a spool holds its span's
-        # windows, all harvested in this commit); leave them out, counts too.
+        # Rows of windows not asked for (a window of the span another run completed
+        # meanwhile, or a window longer than a day, whose start is on another day):
+        # select by time, as a day's rows always were.
         table = days.select(table, wanted)
         return table, days.window_counts(table, self.step)
