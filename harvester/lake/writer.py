@@ -50,6 +50,14 @@ from harvester.storage import ABSENT, Expect, ObjectInfo, Store
 
 ROW_GROUP_ROWS = 128 * 1024
 COMPRESSION = "zstd"
+DICTIONARY_ROWS = 2_000
+"""Files of at least this many rows use dictionary encoding.
+
+On the simulated feeds (zstd), a dictionary makes a file of a sparse day (tens of rows)
+bigger and slower to write: each dictionary page is one more zstd call, whose set-up
+dominates a tiny file (0.76 against 0.57 ms for a day of 24 rows). From some thousands
+of rows it makes files smaller and faster, as sample ids and names repeat within a day.
+"""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -343,9 +351,14 @@ def _day_rows(job: DayJob, kept: Spool | None) -> tuple[pa.Table, dict[int, int]
 
 
 def _write_parquet(path: Path, table: pa.Table, schema: pa.Schema) -> None:
-    """Write ``table`` as one zstd Parquet file, durable before it is committed."""
-    with pq.ParquetWriter(path, schema, compression=COMPRESSION) as writer:
-        writer.write_table(table.cast(schema), ROW_GROUP_ROWS)
+    """Write ``table`` as one zstd Parquet file (the store makes it durable on commit)."""
+    if table.schema != schema:
+        table = table.cast(schema)
+    dictionary = table.num_rows >= DICTIONARY_ROWS
+    with pq.ParquetWriter(
+        path, schema, compression=COMPRESSION, use_dictionary=dictionary
+    ) as writer:
+        writer.write_table(table, ROW_GROUP_ROWS)
 
 
 def _read_parquet(path: Path, key: str) -> pa.Table:
