@@ -242,10 +242,38 @@ class Committer:
             if not jobs and not failures:
                 return
             changed: list[tuple[Partition, str]] = []
-            for feed, days in jobs.items():
-                changed += await self._commit_feed(feed, days)
+            if self.sink is not None:
+                for feed, days in jobs.items():
+                    changed += await self._commit_feed(feed, days)
+            else:
+                changed = await self._commit_feeds(jobs)
             if changed or failures:
                 self.head = await self._record_head(changed, failures)
+
+    async def _commit_feeds(self, jobs: Mapping[str, list[date]]) -> list[tuple[Partition, str]]:
+        """Commit each feed's ready days, the feeds at once; their changed partitions.
+
+        Each feed has its own files, partitions and leases; the head is written once,
+        after all of them (a fold of a version 1 lake also marks it on the way, by
+        compare-and-set like any writer). One feed's days are written while another
+        records a month, instead of one feed after another. A fatal error or a bug is
+        raised only once every feed has settled, so none is cut off between writing
+        its files and recording them. (An Iceberg lake's feeds commit one by one.)
+        """
+        settled = await asyncio.gather(
+            *(self._commit_feed(feed, days) for feed, days in jobs.items()),
+            return_exceptions=True,
+        )
+        changed: list[tuple[Partition, str]] = []
+        errors: list[BaseException] = []
+        for outcome in settled:
+            if isinstance(outcome, BaseException):
+                errors.append(outcome)
+            else:
+                changed += outcome
+        if errors:
+            raise unwrap(BaseExceptionGroup("committing feeds", errors))
+        return changed
 
     def _ready(self, state: _Feed, day: date) -> bool:
         return not state.unresolved.clip(*hull(day, self.step))
