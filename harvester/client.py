@@ -240,23 +240,35 @@ class ApiClient:
         return _parse_page(url, body, content_type)
 
 
-    async def _read_capped(self, response: aiohttp.ClientResponse, url: str) -> bytes:
-        """The body, but never more than ``--max-page-bytes`` of it (an endless one stops)."""
+    async def _read_capped(self, response: aiohttp.ClientResponse, url: str) -> bytes | bytearray:
+        """The body, but never more than ``--max-page-bytes`` of it (an endless one stops).
+
+        A big body is copied chunk by chunk into one buffer and returned as it is: reading
+        it whole (aiohttp's ``read()`` joins a list of chunks) briefly holds it twice, and
+        that second copy, freed in a heap the decoding threads do not reuse, was most of
+        a big page's peak memory.
+        """
         cap = self._max_page_bytes
         length = response.content_length
-        if length is not None and length <= cap:
-            return await response.read()
-        buffer = bytearray()
-        if length is None:
-            async for chunk in response.content.iter_chunked(256 * 1024):
-                buffer += chunk
-                if len(buffer) > cap:
-                    break
-        if length is not None or len(buffer) > cap:
+        if length is not None and length > cap:
             raise PageTooLarge(
                 f"GET {url}: the body is larger than --max-page-bytes ({cap:,} bytes)"
             )
-        return bytes(buffer)
+        if length is not None and length <= bigpage.THRESHOLD:
+            return await response.read()
+        buffer = bytearray(length or 0)
+        filled = 0
+        async for chunk in response.content.iter_chunked(256 * 1024):
+            end = filled + len(chunk)
+            if end > cap:
+                raise PageTooLarge(
+                    f"GET {url}: the body is larger than --max-page-bytes ({cap:,} bytes)"
+                )
+            buffer[filled:end] = chunk  # within a known length: no reallocation
+            filled = end
+        if length is not None and filled != length:
+            raise BadResponse(f"GET {url}: body cut short ({filled:,} of {length:,} bytes)")
+        return buffer
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -268,7 +280,7 @@ def _retry_after(value: str | None) -> float | None:
         return None  # an HTTP-date: rare for APIs; backoff covers it
 
 
-def _server_message(body: bytes) -> str:
+def _server_message(body: bytes | bytearray) -> str:
     try:
         error = orjson.loads(body)["error"]
         return redact(str(error.get("message") or error))
@@ -276,7 +288,7 @@ def _server_message(body: bytes) -> str:
         return redact(body[:200].decode("utf-8", "replace")).strip() or "(empty body)"
 
 
-def _status_error(url: str, status: int, body: bytes) -> ApiError:
+def _status_error(url: str, status: int, body: bytes | bytearray) -> ApiError:
     message = _server_message(body)
     if status in (401, 403):
         return AuthError(
@@ -291,7 +303,7 @@ def _status_error(url: str, status: int, body: bytes) -> ApiError:
     )
 
 
-def _loads(body: bytes) -> Any:
+def _loads(body: bytes | bytearray) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -299,7 +311,7 @@ def _loads(body: bytes) -> Any:
         return json.loads(body)
 
 
-def _parse_big_page(url: str, body: bytes, content_type: str, feed: str) -> Page:
+def _parse_big_page(url: str, body: bytes | bytearray, content_type: str, feed: str) -> Page:
     try:
         index, per_page, rows, kept, total = bigpage.decode(body, FEEDS[feed])
     except bigpage.Refused:
@@ -316,7 +328,7 @@ def _parse_big_page(url: str, body: bytes, content_type: str, feed: str) -> Page
     )
 
 
-def _parse_page(url: str, body: bytes, content_type: str) -> Page:
+def _parse_page(url: str, body: bytes | bytearray, content_type: str) -> Page:
     try:
         document = _loads(body)
     except ValueError as exc:
