@@ -47,8 +47,8 @@ def split(table: pa.Table, step: int) -> dict[date, DayPart]:
 
     Rows of a day that lie together in a record batch become one zero-copy slice; a
     batch whose days are interleaved is sorted by time first (a copy of that batch
-    only). Windows lie on the epoch grid; ``step`` divides a day or is whole days, so
-    one cell of ``gcd(step, day)`` seconds lies in a single window and a single day.
+    only). Windows lie on the epoch grid: a cell of ``gcd(step, day)`` seconds lies in
+    a single window and a single day, both being whole cells.
     """
     if step <= 0:
         raise ValueError(f"window size must be positive, not {step}")
@@ -116,6 +116,7 @@ class DayRows:
             self._spools.append(spool)
             self._wanted.append(set(wanted))
         self._split: dict[int, dict[date, DayPart]] = {}
+        self._taken: set[date] = set()
         self._lock = threading.Lock()
         self.reads = 0
         """Spools read so far (each at most once)."""
@@ -123,10 +124,14 @@ class DayRows:
     def take(self, day: date, wanted: Spans) -> tuple[pa.Table, dict[int, int]]:
         """``day``'s rows in the windows ``wanted``, and rows per window (blocking).
 
-        Each day is handed out once: a second take of it finds nothing.
+        Each day is handed out once: its rows are let go then, so a second take of
+        it is a bug, and raises rather than hand out a day without its rows.
         """
         found = DayPart()
         with self._lock:
+            if day in self._taken:
+                raise RuntimeError(f"the spooled rows of {day} were taken already")
+            self._taken.add(day)
             for index, days_wanted in enumerate(self._wanted):
                 if day not in days_wanted:
                     continue
