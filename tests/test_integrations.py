@@ -145,7 +145,9 @@ def test_an_interval_harvests_exactly_the_windows_that_end_within_it(
 ) -> None:
     """The documented rule: window W is harvested iff start < W.end <= end."""
     step = parse_duration(window)
-    end = start + length
+    # ``length`` later in real time: aware arithmetic is wall-clock time, and across a
+    # DST fall-back (01:00 fold=1 + 1 s = 01:00:01 fold=0) that goes back an hour.
+    end = (start.astimezone(UTC) + length).astimezone(start.tzinfo)
     span = snap_interval(start, end, step)
     harvested = grid_windows(span, step)
     assert all(start < w.end <= end for w in harvested)
