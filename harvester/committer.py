@@ -243,6 +243,7 @@ class Committer:
                     failures[feed], state.failures = state.failures, []
             if not jobs and not failures:
                 return
+            began = self._clock()
             changed: list[tuple[Partition, str]] = []
             if self.sink is not None:
                 for feed, days in jobs.items():
@@ -251,6 +252,14 @@ class Committer:
                 changed = await self._commit_feeds(jobs)
             if changed or failures:
                 self.head = await self._record_head(changed, failures)
+            # One line per group commit: how much a commit carries, and what it costs.
+            log.info(
+                "commit.done",
+                feeds=sorted(jobs),
+                days=sum(len(days) for days in jobs.values()),
+                partitions=len(changed),
+                seconds=round(self._clock() - began, 3),
+            )
 
     async def _commit_feeds(self, jobs: Mapping[str, list[date]]) -> list[tuple[Partition, str]]:
         """Commit each feed's ready days, the feeds at once; their changed partitions.

@@ -169,6 +169,9 @@ def test_run_exit_0_logs_json_and_summary_per_feed(sim: SimulatorThread, tmp_pat
     summaries = [e for e in events if e["event"] == "feed.summary"]
     assert [e["feed"] for e in summaries] == ["ips", "paths"]
     assert sum(1 for e in events if e["event"] == "window.done") == 4
+    commits = [e for e in events if e["event"] == "commit.done"]
+    assert sum(e["days"] for e in commits) == 4  # each feed-day committed once
+    assert {f for e in commits for f in e["feeds"]} == {"ips", "paths"}
     from datetime import UTC, datetime
 
     start, end = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 3, tzinfo=UTC)
