@@ -26,6 +26,7 @@ from harvester.errors import ConfigError
 from harvester.schemas import FEEDS
 from harvester.storage import DEFAULT_MULTIPART_THRESHOLD, MIN_PART_SIZE
 from harvester.windows import (
+    EPOCH,
     floor_to,
     format_api,
     format_duration,
@@ -464,6 +465,13 @@ def build_config(
             moment = (now or datetime.now(UTC)) - lag
             return floor_to(moment.replace(microsecond=0), window)
         moment = parse_instant(str(value), name=f"--{name}")
+        if moment < EPOCH:
+            # Windows, days and files are counted from the epoch, in whole seconds that
+            # are never negative; Threat Grid holds nothing from before it anyway.
+            raise ConfigError(
+                f"--{name} {value} is before 1970-01-01, where the window grid starts; "
+                "use a later date (Threat Grid has no records that old)"
+            )
         if name == "before" and since_last:
             moment = min(moment, (now or datetime.now(UTC)) - lag)
             return floor_to(moment.replace(microsecond=0), window)

@@ -33,6 +33,7 @@ def error_line(stderr: str) -> str:
             "--after 'last tuesday' is not ISO",
         ),
         (["--after", "2024-01-01T00:00:00", "--before", "2024-01-02"], "has no time zone"),
+        (["--after", "1969-12-01", "--before", "2024-01-01"], "is before 1970-01-01"),
         ([*RANGE, "--feeds", "ips,hashes"], "unknown feed 'hashes'"),
         ([*RANGE, "--window", "2h30m"], "--window '2h30m' is not a duration"),
         ([*RANGE, "--filter", "domain"], "is not KEY=VALUE"),
