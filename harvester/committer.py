@@ -63,6 +63,14 @@ PARALLEL_DAYS = 8
 """Day files written at once in a commit (over all its feeds)."""
 
 
+def _epoch_day(day: date) -> int:
+    """``day`` as days since 1970-01-01, as :attr:`Spool.days` counts them."""
+    return day.toordinal() - _EPOCH_ORDINAL
+
+
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
 def hull(day: date, step: int) -> tuple[int, int]:
     """The windows (of ``step`` seconds) that share rows with ``day``, as one interval."""
     start = day_start(day)
@@ -392,16 +400,27 @@ class Committer:
         """
         state = self._feeds[feed]
         hulls = {day: hull(day, self.step) for day in days}
+        # A day that no spool holds a row of, and the lake holds no file of, has nothing
+        # to write: its windows are recorded with no rows. Most days of a sparse or
+        # filtered range are such days; they cost no thread trip and no spool read.
+        held = {n for spooled in state.spooled for n in spooled.spool.days}
+        empty = {d for d in days if _epoch_day(d) not in held and not part.day_files(str(d))}
         # Each spool is split by day once for these days, not filtered once per day.
         sources = []
         for spooled in state.spooled:
             start, end = spooled.span.start, spooled.span.end
-            wanted = [d for d, (low, high) in hulls.items() if start < high and low < end]
+            wanted = [
+                d
+                for d, (low, high) in hulls.items()
+                if start < high and low < end and _epoch_day(d) in spooled.spool.days
+            ]
             if wanted:
                 sources.append((spooled.spool, wanted))
         rows = DayRows(sources, step=self.step, schema=FEEDS[feed].schema)
 
         async def one(day: date) -> DayResult:
+            if day in empty:
+                return DayResult(files=())
             low, high = hulls[day]
             job = DayJob(
                 feed=FEEDS[feed],

@@ -75,3 +75,61 @@ def test_a_feed_out_of_space_leaves_the_other_feeds_commit_whole(sim: Any, tmp_p
     }
     assert_lake_exact(str(out), truth)
     assert recorded(out, "ips") == days
+
+
+class CountingStore(LocalStore):
+    """A local lake that counts the data files committed to it."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.data_files = 0
+
+    async def commit(self, staged: Path, key: str, *, expect: Expect = None) -> ObjectInfo:
+        if "/dt=" in key:
+            self.data_files += 1
+        return await super().commit(staged, key, expect=expect)
+
+
+def test_days_without_records_get_no_file_and_are_still_complete(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    """A filtered sparse range: a file for each feed-day with records, none for the rest."""
+    from harvester.sim.data import DatasetSpec
+
+    server = make_sim(dataset=DatasetSpec(seed=4, rows_per_day=20))
+    options = {
+        "feeds": "ips,domains",
+        "after": "2024-01-01",
+        "before": "2024-03-01",
+        "ioc": "pe-packed-upx",
+        "confidence": 0,
+        "severity": 0,
+    }
+    start, end = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 3, 1, tzinfo=UTC)
+    truth = {
+        feed: server.dataset.truth(
+            feed, start, end, confidence=0, severity=0, ioc="pe-packed-upx"
+        )
+        for feed in ("ips", "domains")
+    }
+    with_records = {(f, i["timestamp"][:10]) for f, items in truth.items() for i in items}
+    assert 0 < len(with_records) < 2 * 60  # some feed-days hold records, some none
+
+    def run(store: LocalStore | None = None, **more: Any) -> Any:
+        config = api.make_config(
+            env={}, out=str(tmp_path), base_url=server.url, rate=1000, **options, **more
+        )
+        return asyncio.run(api.aharvest(config, api_key=SIM_KEY, store=store, sleep=_fast_sleep))
+
+    store = CountingStore(tmp_path)
+    first = run(store)
+    assert first.ok
+    assert store.data_files == len(with_records)  # no file written for an empty day
+    files = {(p.parts[-3], p.parts[-2][3:]) for p in tmp_path.glob("*/dt=*/*.parquet")}
+    assert files == with_records
+    assert_lake_exact(str(tmp_path), truth)
+    again = run()
+    assert again.ok and sum(f.counters.requests for f in again.feeds.values()) == 0  # all done
+    forced = run(force=True)
+    assert forced.ok
+    assert_lake_exact(str(tmp_path), truth)

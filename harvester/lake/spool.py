@@ -13,8 +13,10 @@ import contextlib
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from harvester.errors import StorageError
+from harvester.lake import days
 
 
 class Spool:
@@ -24,6 +26,8 @@ class Spool:
         self.path = path
         self.schema = schema
         self.rows = 0
+        self.days: set[int] = set()
+        """The UTC days (as days since the epoch) its rows fall on: a commit skips the rest."""
         self._sink: pa.NativeFile | None = None
         self._writer: pa.ipc.RecordBatchFileWriter | None = None
 
@@ -36,6 +40,9 @@ class Spool:
             self._writer = pa.ipc.new_file(self._sink, self.schema)
         self._writer.write_table(table)
         self.rows += table.num_rows
+        # One small compute call a page; a sparse year's commit then knows which of its
+        # 2,562 feed-days hold no rows at all without a thread trip for each.
+        self.days.update(pc.unique(pc.divide(days.seconds(table), days.DAY)).to_pylist())
 
     def close(self) -> None:
         """Finish the file so it can be read; idempotent."""
