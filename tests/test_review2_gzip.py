@@ -55,9 +55,7 @@ class GzipProxy:
 
     async def _handle(self, request: web.Request) -> web.Response:
         headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization",)}
-        async with self._session.get(
-            self.target + request.path_qs, headers=headers
-        ) as answer:
+        async with self._session.get(self.target + request.path_qs, headers=headers) as answer:
             body = await answer.read()
             status = answer.status
             kind = answer.headers.get("Content-Type", "application/json")
