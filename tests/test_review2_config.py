@@ -1,4 +1,4 @@
-"""An instant at the very edge of datetime's range: one line, exit 2, not a crash."""
+"""Instants at the edge of datetime's range: one line, exit 2, not a crash."""
 
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ from cli import cli
         # 0001-01-01T00:00+01:00 is in year 0 in UTC: astimezone overflows.
         ["--after", "0001-01-01T00:00:00+01:00", "--before", "2024-01-01"],
         ["--after", "2024-01-01", "--before", "9999-12-31T23:30:00-01:00"],
+        # now - lag before year 1, and a lag timedelta cannot hold.
+        ["--since-last", "--before", "now", "--lag", "999999999d"],
+        ["--since-last", "--before", "now", "--lag", "1000000000d"],
     ],
 )
 def test_an_instant_out_of_datetimes_range_is_one_line_exit_2(
