@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from harvester import bigpage
+from harvester.sim.data import DatasetSpec
 
 from harvesting import harvest
 from lakecheck import assert_lake_exact
@@ -32,6 +33,7 @@ class GzipProxy:
         self.target = target.rstrip("/")
         self.url = ""
         self.gzipped = 0
+        self.limits: list[int] = []
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -54,6 +56,7 @@ class GzipProxy:
         self.url = f"http://127.0.0.1:{port}"
 
     async def _handle(self, request: web.Request) -> web.Response:
+        self.limits.append(int(request.query.get("limit", "0")))
         headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization",)}
         async with self._session.get(self.target + request.path_qs, headers=headers) as answer:
             body = await answer.read()
@@ -109,3 +112,32 @@ def test_a_gzipped_big_page_is_read_whole_not_called_cut_short(
     assert result.ok, [f.reason for f in result.failures][:1]
     want = server.dataset.truth("ips", START, END, confidence=0, severity=0)
     assert_lake_exact(str(tmp_path), {"ips": want})
+
+
+def test_a_small_gzip_that_inflates_past_the_cap_is_asked_again_smaller(
+    make_sim: Any, tmp_path: Path
+) -> None:
+    """--max-page-bytes bounds the body held, gzipped on the wire or not.
+
+    Padded 1,000-item pages are about 2 MB, a few KB gzipped: Content-Length is under
+    the cap, so the body is read whole with ``response.read()`` and held, 8 times the
+    cap. Sent plainly (test_big_pages), such a page is refused and asked again smaller.
+    """
+    spec = DatasetSpec(seed=3, rows_per_day=900, item_padding=2000)
+    server = make_sim(dataset=spec, max_limit=1000)
+    with GzipProxy(server.url) as proxy:
+        result = harvest(
+            proxy.url,
+            str(tmp_path),
+            feeds="urls",
+            before="2024-01-02",
+            confidence=0,
+            severity=0,
+            max_page_bytes=256 * 1024,
+        )
+    assert proxy.gzipped > 0
+    assert result.ok
+    want = server.dataset.truth("urls", START, END, confidence=0, severity=0)
+    assert_lake_exact(str(tmp_path), {"urls": want})
+    # The first request asks for one item (a probe); a 2 MB page is asked again smaller.
+    assert any(1 < limit < 1000 for limit in proxy.limits), proxy.limits
