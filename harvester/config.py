@@ -30,6 +30,7 @@ from harvester.windows import (
     floor_to,
     format_api,
     format_duration,
+    parse_age,
     parse_duration,
     parse_instant,
 )
@@ -462,9 +463,11 @@ def build_config(
         if isinstance(value, datetime):
             value = value.isoformat()
         if name == "before" and str(value).strip().lower() == "now":
-            moment = (now or datetime.now(UTC)) - lag
-            return floor_to(moment.replace(microsecond=0), window)
-        moment = parse_instant(str(value), name=f"--{name}")
+            moment = floor_to(lagged().replace(microsecond=0), window)
+        else:
+            moment = parse_instant(str(value), name=f"--{name}")
+            if name == "before" and since_last:
+                moment = floor_to(min(moment, lagged()).replace(microsecond=0), window)
         if moment < EPOCH:
             # Windows, days and files are counted from the epoch, in whole seconds that
             # are never negative; Threat Grid holds nothing from before it anyway.
@@ -472,10 +475,15 @@ def build_config(
                 f"--{name} {value} is before 1970-01-01, where the window grid starts; "
                 "use a later date (Threat Grid has no records that old)"
             )
-        if name == "before" and since_last:
-            moment = min(moment, (now or datetime.now(UTC)) - lag)
-            return floor_to(moment.replace(microsecond=0), window)
         return moment
+
+    def lagged() -> datetime:
+        try:
+            return (now or datetime.now(UTC)) - lag
+        except OverflowError:
+            raise ConfigError(
+                f"--lag {format_duration(lag)} reaches back before 1970-01-01; use a shorter lag"
+            ) from None
 
     before = instant("before")
     assert before is not None
@@ -530,10 +538,4 @@ def build_config(
 
 def parse_lag(text: str, *, flag: str = "--lag") -> timedelta:
     """Parse a duration like ``--lag`` (``0m``, ``30m``, ``1h``, ``2d``): N of a unit."""
-    match = re.fullmatch(r"(\d+)([dhm])", text.strip())
-    if not match:
-        raise ConfigError(f"{flag} {text!r} is not a duration; use e.g. 30m, 1h or 1d")
-    return (
-        int(match[1])
-        * {"d": timedelta(days=1), "h": timedelta(hours=1), "m": timedelta(minutes=1)}[match[2]]
-    )
+    return parse_age(text, name=flag)

@@ -46,7 +46,12 @@ def parse_instant(text: str, *, name: str = "time") -> datetime:
         ) from None
     if value.tzinfo is None:
         raise ConfigError(f"{name} {text!r} has no time zone; add Z for UTC, e.g. {raw}Z")
-    value = value.astimezone(UTC)
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:
+        raise ConfigError(
+            f"{name} {text!r} is out of range in UTC; use a date from 1970 on"
+        ) from None
     if value.microsecond:
         raise ConfigError(f"{name} {text!r} has fractions of a second; the API counts seconds")
     return value
@@ -86,7 +91,7 @@ def parse_duration(text: str, *, name: str = "--window") -> timedelta:
     match = _DURATION.fullmatch(text.strip())
     if not match:
         raise ConfigError(f"{name} {text!r} is not a duration; use e.g. 1d, 6h, 1h or 15m")
-    step = int(match["n"]) * _UNITS[match["unit"]]
+    step = _times(int(match["n"]), match["unit"], name=name, text=text)
     if step < DAY and DAY % step:
         raise ConfigError(f"{name} {text!r} does not divide a day; use e.g. 1d, 6h, 1h or 15m")
     if step > DAY and step % DAY:
@@ -99,7 +104,14 @@ def parse_age(text: str, *, name: str) -> timedelta:
     match = re.fullmatch(r"(\d+)([dhm])", text.strip())
     if not match:
         raise ConfigError(f"{name} {text!r} is not a duration; use e.g. 30m, 1h or 1d")
-    return int(match[1]) * _UNITS[match[2]]
+    return _times(int(match[1]), match[2], name=name, text=text)
+
+
+def _times(count: int, unit: str, *, name: str, text: str) -> timedelta:
+    try:
+        return count * _UNITS[unit]
+    except OverflowError:
+        raise ConfigError(f"{name} {text!r} is longer than any date range; use less") from None
 
 
 def format_duration(step: timedelta) -> str:

@@ -139,6 +139,9 @@ def test_option_parsers() -> None:
     assert parse_since("12h", now=now) == now - timedelta(hours=12)
     assert parse_since("2024-04-01", now=now) == datetime(2024, 4, 1, tzinfo=UTC)
     assert parse_since(None, now=now) is None
+    assert parse_since("999999999d", now=now) == datetime.min.replace(tzinfo=UTC)  # everything
+    with pytest.raises(ConfigError, match="longer than any date range"):
+        parse_since("1000000000d", now=now)
     with pytest.raises(ConfigError, match="neither a date nor a duration"):
         parse_since("last week", now=now)
     assert parse_tlp("CLEAR") == "white" and parse_tlp("amber") == "amber"

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -72,7 +72,11 @@ def parse_since(text: str | None, *, now: datetime) -> datetime | None:
         return None
     raw = text.strip()
     if raw and raw[-1] in "dhm" and raw[:-1].isdigit():
-        return now - parse_age(raw, name="--since")
+        age = parse_age(raw, name="--since")
+        try:
+            return now - age
+        except OverflowError:
+            return datetime.min.replace(tzinfo=UTC)  # further back than any date: everything
     try:
         return parse_instant(raw, name="--since")
     except ConfigError:
