@@ -239,7 +239,6 @@ class ApiClient:
             return await asyncio.to_thread(_parse_big_page, url, body, content_type, feed)
         return _parse_page(url, body, content_type)
 
-
     async def _read_capped(self, response: aiohttp.ClientResponse, url: str) -> bytes | bytearray:
         """The body, but never more than ``--max-page-bytes`` of it (an endless one stops).
 
