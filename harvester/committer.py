@@ -557,8 +557,9 @@ class Committer:
         months = sorted({month_of(s) for s, _ in _window_pairs(spans, self.step)})
         for month in months:
             if not self.leases.holds((feed, month)):
-                lost = spans & Spans.one(*month_domain(month, self.step))
-                self._drop(feed, days, lost, Fenced(f"lost the lease on {feed} {month}"))
+                # Fail every window of this commit: their spools go with the days, so a
+                # window left harvested would be committed later with no rows.
+                self._drop(feed, days, spans, Fenced(f"lost the lease on {feed} {month}"))
                 return []
         read = await self.manifest.read_partitions(feed, months)
         previous = {w: r for v in read.values() for w, r in v.part.windows.items()}
@@ -638,11 +639,6 @@ class Committer:
             return head
 
         return await self.manifest.update_head(change)
-
-    def unsettled(self, feed: str) -> Spans:
-        """Windows of ``feed`` this run has not settled (when it stopped early)."""
-        state = self._feeds.get(feed)
-        return state.unresolved if state else Spans()
 
     def finished_blocks(self) -> list[Block]:
         """Leases this run no longer needs: nothing of their month is left to commit.
