@@ -128,24 +128,11 @@ async def open_lake(
 
 async def rebuild_head(manifest: Manifest, config: HarvestConfig) -> Head:
     """A new head from every partition (the old head was damaged): one listing, read all."""
-    parts = await manifest.all_partitions()
+    parts = [(v.part, v.version) for v in await manifest.all_partitions() if v.version]
     step = int(config.window.total_seconds())
-    table_format = config.table_format
-    # The lake's own window size and format, as its partitions record them, not the
-    # run's: open_lake must still refuse a run that would mix two cuts of time.
-    windows = [w for current in parts for w in current.part.windows.values()]
-    sizes = {w.end - w.start for w in windows}
-    if len(sizes) == 1:
-        step = sizes.pop()
-    if windows:
-        table_format = "iceberg" if windows[0].snapshot is not None else "hive"
 
     def rebuild(_: Head | None) -> Head:
-        head = Head(table_format=table_format, window=step)
-        for current in parts:
-            if current.version is not None:
-                head = head.with_partition(current.part, current.version)
-        return head
+        return Head.rebuilt(parts, window=step, table_format=config.table_format)
 
     log.warning("manifest.head_rebuilt", partitions=len(parts))
     return await manifest.update_head(rebuild)

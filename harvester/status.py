@@ -27,10 +27,9 @@ from harvester.intervals import Spans
 from harvester.manifest import legacy
 from harvester.manifest.io import Manifest
 from harvester.manifest.model import FeedState, Head
-from harvester.planner import shard_of
+from harvester.planner import format_api_epoch, shard_of
 from harvester.schemas import FEEDS
 from harvester.storage import ABSENT, Store
-from harvester.windows import format_api
 
 DAY = 86_400
 
@@ -42,10 +41,8 @@ async def collect_status(store: Store) -> dict[str, Any]:
     damaged = head is None and expect is not ABSENT
     if damaged:
         # Rebuilt in memory from the partitions (the next run writes it back).
-        head = Head(table_format="hive", window=86_400)
-        for current in await manifest.all_partitions():
-            if current.version is not None:
-                head = head.with_partition(current.part, current.version)
+        parts = [(v.part, v.version) for v in await manifest.all_partitions() if v.version]
+        head = Head.rebuilt(parts, window=86_400, table_format="hive")
     elif head is None:
         keys = await legacy.legacy_keys(store)
         if keys:
@@ -54,10 +51,6 @@ async def collect_status(store: Store) -> dict[str, Any]:
     if damaged:
         status["head_damaged"] = True
     return status
-
-
-def _iso(epoch: int | None) -> str | None:
-    return None if epoch is None else format_api(datetime.fromtimestamp(epoch, UTC))
 
 
 def build_status(head: Head | None, *, lake: str = "") -> dict[str, Any]:
@@ -101,7 +94,7 @@ def feed_status(state: FeedState, runs: Mapping[str, Any], *, verify: Any = None
         "rows": state.rows,
         "first": min(complete).isoformat() if complete else None,
         "last": max(complete).isoformat() if complete else None,
-        "until": _iso(covered.last),
+        "until": format_api_epoch(covered.last),
         "complete": date_ranges(complete),
         "complete_days": len(complete),
         "partial": date_ranges(partial),
@@ -112,16 +105,16 @@ def feed_status(state: FeedState, runs: Mapping[str, Any], *, verify: Any = None
         "missing_days": len(missing),
         "failures": [
             {
-                "window": f"[{_iso(f.start)}, {_iso(f.end)})",
-                "start": _iso(f.start),
-                "end": _iso(f.end),
+                "window": f"[{format_api_epoch(f.start)}, {format_api_epoch(f.end)})",
+                "start": format_api_epoch(f.start),
+                "end": format_api_epoch(f.end),
                 "error": f.error,
                 "reason": f.reason,
                 "run_id": f.run_id,
             }
             for f in state.failed
         ],
-        "last_completed_at": _iso(state.last_completed_at),
+        "last_completed_at": format_api_epoch(state.last_completed_at),
         "last_run": _run_view(last_run) if last_run else None,
         "verify": verify,
     }

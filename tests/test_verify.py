@@ -116,6 +116,18 @@ def test_damaged_manifest_objects_never_stop_run_or_status(
     assert healed["feeds"]["ips"]["complete"]
 
 
+def test_status_of_a_damaged_head_shows_the_lakes_own_window(
+    sim: SimulatorThread, tmp_path: Path
+) -> None:
+    """A head rebuilt for status takes the window size the partitions record, not 1d."""
+    assert harvest(sim.url, str(tmp_path), feeds="ips", window="6h").ok
+    (tmp_path / "_manifest" / "_head.json").write_text("not json")
+    status = cli(["status", "--out", str(tmp_path), "--json"])
+    assert status.returncode == 0, status.stderr
+    shown = json.loads(status.stdout)
+    assert shown["head_damaged"] and shown["window_seconds"] == 6 * 3600
+
+
 def test_repair_acts_only_on_what_is_still_as_found(sim: SimulatorThread, tmp_path: Path) -> None:
     """Findings a run made stale before the lease was ours (recorded, rewritten) are left be."""
     lake(sim, tmp_path)

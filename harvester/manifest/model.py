@@ -355,6 +355,27 @@ class Head:
     legacy: str = "none"
     """``none``, or ``cleanup`` while version 1 manifest objects are still to delete."""
 
+    @classmethod
+    def rebuilt(
+        cls, parts: Iterable[tuple[Partition, str]], *, window: int, table_format: str
+    ) -> Head:
+        """A head from every partition, at its version (the old head was damaged).
+
+        The window size and format the partitions record win over the given ones: a
+        run must still be refused if it would mix two cuts of time.
+        """
+        parts = list(parts)
+        records = [w for part, _ in parts for w in part.windows.values()]
+        sizes = {w.end - w.start for w in records}
+        if len(sizes) == 1:
+            window = sizes.pop()
+        if records:
+            table_format = "iceberg" if records[0].snapshot is not None else "hive"
+        head = cls(table_format=table_format, window=window)
+        for part, version in parts:
+            head = head.with_partition(part, version)
+        return head
+
     def feed(self, name: str) -> FeedState:
         """The state of feed ``name`` (empty if the lake has none of it)."""
         return self.feeds.get(name) or FeedState()
