@@ -23,7 +23,6 @@ With ``dry_run`` nothing is written: the report says what would be done.
 from __future__ import annotations
 
 import contextlib
-import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow.parquet as pq
 import structlog
 
+from harvester import windows
 from harvester.config import MAINTAIN_DEFAULTS
 from harvester.errors import ConfigError
 from harvester.iceberg.commit import day_of, file_stamp_bounds, micros, window_filter
@@ -59,16 +59,15 @@ DEFAULT_ORPHANS_OLDER_THAN = MAINTAIN_DEFAULTS["orphans_older_than"]
 SMALL_FILE_BYTES = 32 * MiB
 TARGET_FILE_BYTES = 256 * MiB
 EXPIRE_ATTEMPTS = 5
-_AGE = re.compile(r"^(\d+)([dhm])$")
-_UNITS = {"d": timedelta(days=1), "h": timedelta(hours=1), "m": timedelta(minutes=1)}
-
-
 def parse_age(text: str, *, flag: str) -> timedelta:
     """``7d``, ``12h``, ``30m``: a whole number of days, hours or minutes, more than 0."""
-    match = _AGE.match(text.strip())
-    if not match or int(match[1]) == 0:
+    try:
+        age = windows.parse_age(text, name=flag)
+    except ConfigError:  # not a duration, or longer than any date range
+        age = timedelta(0)
+    if not age:
         raise ConfigError(f"{flag} {text!r} is not an age; use e.g. 7d, 12h or 30m")
-    return int(match[1]) * _UNITS[match[2]]
+    return age
 
 
 @dataclass(frozen=True, kw_only=True)
