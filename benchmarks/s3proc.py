@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
+from benchmarks.simproc import terminate
+
 #: What boto3 needs to talk to moto, and nothing that points it anywhere else.
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -36,7 +38,10 @@ UNSET = (
     "AWS_REGION",
     "AWS_ENDPOINT_URL",
     "AWS_ENDPOINT_URL_S3",
+    "AWS_ENDPOINT_URL_GLUE",
     "AWS_CA_BUNDLE",
+    "AWS_MAX_ATTEMPTS",
+    "AWS_RETRY_MODE",
 )
 STATS_PATH = "/_bench/s3-stats"
 RESET_PATH = "/_bench/s3-reset"
@@ -165,14 +170,8 @@ class S3Process:
     def stop(self) -> None:
         """Terminate the child; idempotent."""
         process, self._process, self._url = self._process, None, None
-        if process is None:
-            return
-        process.terminate()
-        process.join(10)
-        if process.is_alive():
-            process.kill()
-            process.join(10)
-        process.close()
+        if process is not None:
+            terminate(process)
 
     def create_bucket(self, name: str) -> None:
         """Create bucket ``name`` (moto checks no signature: a bare PUT does)."""

@@ -177,14 +177,8 @@ class SimProcess:
     def stop(self) -> None:
         """Terminate the child (SIGTERM, then SIGKILL after 10 s); idempotent."""
         process, self._process, self._url = self._process, None, None
-        if process is None:
-            return
-        process.terminate()
-        process.join(10)
-        if process.is_alive():
-            process.kill()
-            process.join(10)
-        process.close()
+        if process is not None:
+            terminate(process)
 
     def stats(self) -> dict[str, Any]:
         """The simulator's counters (``SimStats.as_json``)."""
@@ -209,3 +203,13 @@ class SimProcess:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def terminate(process: multiprocessing.process.BaseProcess) -> None:
+    """Stop a server child: SIGTERM, then SIGKILL if it is still there after 10 s."""
+    process.terminate()
+    process.join(10)
+    if process.is_alive():
+        process.kill()
+        process.join(10)
+    process.close()

@@ -226,6 +226,16 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-json", action="store_true", help="JSON logs even on a TTY")
 
 
+def _add_lake(parser: argparse.ArgumentParser, *, help: str | None = None) -> None:
+    """``--out`` (a folder or an S3 prefix) and the S3 endpoint to reach it by."""
+    parser.add_argument("--out", required=True, metavar="DIR|s3://BUCKET/PREFIX", help=help)
+    parser.add_argument("--s3-endpoint-url", metavar="URL")
+
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
 PLAN_EXAMPLES = """examples:
   harvester plan --after 2020-01-01 --before 2024-01-01 --out s3://bucket/tg --shards 8
   harvester plan --config configs/nightly-s3.toml --since-last --before now --lag 1h
@@ -303,14 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(run)
     plan_cmd = _sub(sub, "plan", "show what run would do, without calling the API", PLAN_EXAMPLES)
     _add_run_options(plan_cmd)
-    plan_cmd.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_json(plan_cmd)
     _add_common(plan_cmd)
     status = _sub(
         sub, "status", "what the lake holds: complete, failed and missing dates", STATUS_EXAMPLES
     )
-    status.add_argument("--out", required=True, metavar="DIR|s3://BUCKET/PREFIX")
-    status.add_argument("--s3-endpoint-url", metavar="URL")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_lake(status)
+    _add_json(status)
     _add_common(status)
     verify = _sub(
         sub,
@@ -318,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
         "check that every recorded data file is there, whole; optionally repair",
         VERIFY_EXAMPLES,
     )
-    verify.add_argument("--out", required=True, metavar="DIR|s3://BUCKET/PREFIX")
+    _add_lake(verify)
     verify.add_argument("--feeds", metavar="all|ips,domains,...", default="all")
     verify.add_argument(
         "--deep", action="store_true", help="also read every file's footer and row count"
@@ -328,8 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="make damaged windows incomplete and delete unrecorded files",
     )
-    verify.add_argument("--s3-endpoint-url", metavar="URL")
-    verify.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_json(verify)
     _add_common(verify)
     ddl = _sub(sub, "ddl", "print CREATE statements for Athena or DuckDB", DDL_EXAMPLES)
     ddl.add_argument("--out", required=True, metavar="DIR|s3://BUCKET/PREFIX")
@@ -381,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="Glue endpoint (default from AWS_ENDPOINT_URL_GLUE or the region)",
     )
-    catalog.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_json(catalog)
     _add_common(catalog)
     maintain = _sub(
         sub,
@@ -389,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Iceberg lakes: compact small files, expire old snapshots, remove orphans",
         MAINTAIN_EXAMPLES,
     )
-    maintain.add_argument("--out", required=True, metavar="DIR|s3://BUCKET/PREFIX")
+    _add_lake(maintain)
     _add_iceberg_options(maintain)
     maintain.add_argument("--feeds", metavar="all|ips,domains,...", default="all")
     maintain.add_argument(
@@ -407,8 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     maintain.add_argument(
         "--dry-run", action="store_true", help="change nothing; report what would be done"
     )
-    maintain.add_argument("--s3-endpoint-url", metavar="URL")
-    maintain.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_json(maintain)
     _add_common(maintain)
     indicators = _sub(
         sub,
@@ -416,9 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
         "build or update the indicator table {out}/indicators from the whole lake",
         INDICATORS_EXAMPLES,
     )
-    indicators.add_argument("--out", required=True, metavar="DIR|s3://BUCKET/PREFIX")
+    _add_lake(indicators)
     _add_iceberg_options(indicators)
-    indicators.add_argument("--s3-endpoint-url", metavar="URL")
     indicators.add_argument(
         "--rebuild", action="store_true", help="ignore earlier work and recompute everything"
     )
@@ -435,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
         "write the indicator table as STIX 2.1, a MISP feed, CSV or a plain blocklist",
         EXPORT_EXAMPLES,
     )
-    export.add_argument("--out", required=True, metavar="DIR|s3://BUCKET/PREFIX", help="the lake")
+    _add_lake(export, help="the lake")
     export.add_argument("--format", required=True, choices=("stix21", "misp", "csv", "txt"))
     export.add_argument(
         "--to", required=True, metavar="PATH", help="file (misp: folder) to write; s3:// too"
@@ -460,7 +466,6 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--allowlist", metavar="FILE", help="values never to export, one a line (domains: +subs)"
     )
-    export.add_argument("--s3-endpoint-url", metavar="URL")
     export.add_argument(
         "--memory-limit", default=DEFAULT_MEMORY_LIMIT, metavar="SIZE", help="DuckDB's (misp)"
     )

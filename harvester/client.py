@@ -86,7 +86,7 @@ class Page:
 
     def fingerprint(self) -> int:
         """A cheap identity of the page's content: its size, every 50th and its last item."""
-        sample = self.items[::50] if self.rows is None else list(self.kept[:-1])
+        sample = self.items[:: bigpage.SAMPLE] if self.rows is None else list(self.kept[:-1])
         return hash((self.count + self.skip, _dumps(sample), _dumps(self.last)))
 
     def without_first(self) -> Page:

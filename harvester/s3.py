@@ -246,12 +246,9 @@ class S3Store(Store):
         """The object's bytes and ETag (from one GET: they agree), or ``None``."""
 
         def get() -> Blob | None:
-            try:
-                reply = self._client.get_object(Bucket=self.bucket, Key=self._full(key))
-            except ClientError as exc:
-                if _code(exc) in _MISSING:
-                    return None
-                raise
+            reply = self._get_object(key)
+            if reply is None:
+                return None
             with contextlib.closing(reply["Body"]) as body:
                 data = bytes(body.read())
             return Blob(data=data, info=self._info(key, len(data), reply))
@@ -495,13 +492,19 @@ class S3Store(Store):
         finally:
             await asyncio.to_thread(path.unlink, missing_ok=True)
 
-    def _download(self, key: str, path: Path) -> ObjectInfo | None:
+    def _get_object(self, key: str) -> Any:
+        """``get_object``'s reply for ``key`` (blocking), or ``None`` if it does not exist."""
         try:
-            reply = self._client.get_object(Bucket=self.bucket, Key=self._full(key))
+            return self._client.get_object(Bucket=self.bucket, Key=self._full(key))
         except ClientError as exc:
             if _code(exc) in _MISSING:
                 return None
             raise
+
+    def _download(self, key: str, path: Path) -> ObjectInfo | None:
+        reply = self._get_object(key)
+        if reply is None:
+            return None
         size = 0
         with contextlib.closing(reply["Body"]) as body, self._open_local(path, "wb") as out:
             for chunk in body.iter_chunks(MiB):  # a retry starts the file afresh

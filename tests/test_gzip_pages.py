@@ -90,10 +90,8 @@ def test_a_gzipped_big_page_is_read_whole_not_called_cut_short(
 ) -> None:
     """A big page (here: over a lowered threshold) sent gzipped lands exactly.
 
-    The preallocated buffer is sized by Content-Length (compressed) but filled with the
-    decompressed body: every such page fails "body cut short (N of M bytes)" although
-    it is longer, not shorter, and the window fails. Before 97c78c5,
-    a length under the cap was read with ``response.read()`` and landed.
+    Content-Length counts the compressed bytes: it neither sizes the body's buffer nor
+    says whether the body arrived whole.
     """
     monkeypatch.setattr(bigpage, "THRESHOLD", 1024)  # real pages: 16 MiB compressed
     server = make_sim(max_limit=1000)
@@ -119,9 +117,8 @@ def test_a_small_gzip_that_inflates_past_the_cap_is_asked_again_smaller(
 ) -> None:
     """--max-page-bytes bounds the body held, gzipped on the wire or not.
 
-    Padded 1,000-item pages are about 2 MB, a few KB gzipped: Content-Length is under
-    the cap, so the body is read whole with ``response.read()`` and held, 8 times the
-    cap. Sent plainly (test_big_pages), such a page is refused and asked again smaller.
+    Padded 1,000-item pages are about 2 MB but a few KB gzipped, under a 256 KiB cap on
+    the wire: the cap applies to the decoded body, so they are asked for again smaller.
     """
     spec = DatasetSpec(seed=3, rows_per_day=900, item_padding=2000)
     server = make_sim(dataset=spec, max_limit=1000)

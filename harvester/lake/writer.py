@@ -101,10 +101,6 @@ class DayResult:
     written: int = 0
     """Files written."""
 
-    def files_of(self, start: int, end: int) -> tuple[str, ...]:
-        """The files holding rows of window ``[start, end)``."""
-        return tuple(f.key for f in self.files if f.windows.clip(start, end))
-
 
 class DayWriter:
     """Writes days of one lake; ``staging`` is a local folder for the files being made."""
