@@ -405,6 +405,56 @@ def test_a_run_that_took_over_an_expired_lease_never_drops_the_old_holders_rows(
     assert verified(out)["ips"]["ok"]
 
 
+def test_an_iceberg_commit_that_lost_one_months_lease_records_no_window_without_its_rows(
+    sim: Any, tmp_path: Path
+) -> None:
+    """Holding January's lease but not February's, a commit of both fails both months.
+
+    The lost month's windows fail; January's, whose spool went with the commit, must
+    fail too: left harvested, a later flush recorded them complete with no rows.
+    """
+    from harvester.iceberg.sink import IcebergSink
+
+    out = tmp_path / "lake"
+    store = LocalStore(out)
+    start, end = at("2024-01-31"), at("2024-02-02")
+    rows = sim.dataset.truth("ips", start, end)
+    span = Span(feed="ips", start=int(start.timestamp()), end=int(end.timestamp()))
+    config = api.make_config(
+        env={},
+        out=str(out),
+        base_url=sim.url,
+        feeds="ips",
+        window="1h",
+        after="2024-01-31",
+        before="2024-02-02",
+        table_format="iceberg",
+    )
+
+    async def go() -> Committer:
+        manifest = Manifest(store)
+        await manifest.update_head(lambda h: h or Head(table_format="iceberg", window=3600))
+        leases = Leases(store, "run-a", ttl=60)
+        assert await leases.acquire(("ips", "2024-01"))  # February's is not ours
+        sink = IcebergSink(config, store, tmp_path / "staging")
+        await sink.open()
+        run = committer(store, leases, tmp_path / "a", "run-a", Spans.one(span.start, span.end))
+        run.sink = sink
+        run.finished(span, spooled(tmp_path / "a", rows))
+        await run.flush()
+        await run.flush()  # as a run's last flush does
+        await leases.release_all()
+        return run
+
+    run = asyncio.run(go())
+    assert run.failures  # the lost lease fails windows, visibly
+    for month in ("2024-01", "2024-02"):
+        part = asyncio.run(Manifest(store).read_partition("ips", month)).part
+        for window in part.windows.values():
+            want = [r for r in rows if window.start <= parse_epoch(r["timestamp"]) < window.end]
+            assert window.rows == len(want), f"{month}: window {window.start} lost its rows"
+
+
 # --- 5. paging: the one-item overlap cannot see a shift inside a run of equal records ----
 
 
