@@ -162,10 +162,15 @@ class Manifest:
         )
 
     async def update_head(self, change: Callable[[Head | None], Head]) -> Head:
-        """Apply ``change`` to the head (None when there is none) until a write succeeds."""
+        """Apply ``change`` to the head (None when there is none) until a write succeeds.
+
+        A change that hands back the very head it was given writes nothing.
+        """
         for attempt in range(ATTEMPTS):
             head, expect = await self.read_head()
             new = change(head)
+            if head is not None and new is head:
+                return head
             try:
                 await self.store.write(HEAD_KEY, orjson.dumps(new.to_json()), expect=expect)
             except (Conflict, TransientStorageError):
