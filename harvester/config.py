@@ -64,6 +64,15 @@ MAINTAIN_DEFAULTS = {"older_than": "7d", "orphans_older_than": "1d"}
 NAMESPACE = re.compile(r"^[A-Za-z0-9_]{1,255}$")
 """Names every catalog accepts for an Iceberg namespace (Glue and Athena among them)."""
 
+
+def check_namespace(namespace: str) -> str:
+    """``namespace`` if it is a name every catalog (Glue, Athena) accepts."""
+    if not NAMESPACE.match(namespace):
+        raise ConfigError(
+            f"--namespace {namespace!r} is not a valid name; use letters, digits and _"
+        )
+    return namespace
+
 # TOML key -> accepted Python types. Keys match the long flags with '-' -> '_'.
 OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "after": (str, datetime),
@@ -269,10 +278,7 @@ class HarvestConfig:
                 "--repair verifies the Hive layout, and Iceberg tables record their own "
                 "files; drop --repair with --table-format iceberg"
             )
-        if not NAMESPACE.match(self.namespace):
-            raise ConfigError(
-                f"--namespace {self.namespace!r} is not a valid name; use letters, digits and _"
-            )
+        check_namespace(self.namespace)
         if self.out.startswith("s3://") and not self.catalog:
             raise ConfigError(
                 f"--out {self.out} is on S3, so --table-format iceberg needs --catalog "

@@ -35,7 +35,7 @@ from harvester.errors import ConfigError, Conflict, StorageError
 from harvester.intervals import Spans
 from harvester.lake.layout import day_start, is_legacy
 from harvester.leases import Leases
-from harvester.manifest.io import PARTITION, Manifest, Versioned, partition_key
+from harvester.manifest.io import PARTITION, PREFIX, Manifest, Versioned, partition_key
 from harvester.manifest.model import FileRecord, Head, Partition, month_of
 from harvester.storage import ObjectInfo, Store
 
@@ -223,7 +223,7 @@ def _month_of_key(key: str, step: int) -> str:
 
 async def _months_on_disk(store: Store, feed: str) -> list[str]:
     """The partitions of ``feed`` when the head lists none (a damaged or rebuilt head)."""
-    found = [m for i in await store.list(f"_manifest/{feed}/") if (m := PARTITION.match(i.key))]
+    found = [m for i in await store.list(f"{PREFIX}/{feed}/") if (m := PARTITION.match(i.key))]
     return [m["month"] for m in found]
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from harvester.config import DEFAULTS, NAMESPACE
+from harvester.config import DEFAULTS, check_namespace
 from harvester.errors import CatalogError, ConfigError
 from harvester.iceberg import INSTALL_HINT, require_pyiceberg
 
@@ -102,15 +102,6 @@ def lake_root(out: str) -> str:
             f"--out {out!r} has an unknown scheme; use a folder or s3://bucket/prefix"
         )
     return Path(out).expanduser().absolute().as_posix().rstrip("/") or "/"
-
-
-def check_namespace(namespace: str) -> str:
-    """``namespace`` if it is a name every catalog (Glue, Athena) accepts."""
-    if not NAMESPACE.match(namespace):
-        raise ConfigError(
-            f"--namespace {namespace!r} is not a valid name; use letters, digits and _"
-        )
-    return namespace
 
 
 def pyiceberg_config(name: str) -> Mapping[str, Any] | None:

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from harvester.config import DEFAULTS
+from harvester.config import DEFAULTS, check_namespace
 from harvester.errors import ConfigError
-from harvester.iceberg.catalog import check_namespace, lake_root
+from harvester.iceberg.catalog import lake_root
 from harvester.iceberg.hint import VERSION_NAME_FORMAT
 from harvester.schemas import FEEDS
 

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import structlog
 
-from harvester.config import NAMESPACE
+from harvester.config import check_namespace
 from harvester.errors import ConfigError, unwrap
 from harvester.intel.source import HiveDaySource, day_schema, read_file
 from harvester.intel.state import Group, Index, State
@@ -80,10 +80,8 @@ class IcebergAccess:
     s3_endpoint_url: str | None = None
 
     def __post_init__(self) -> None:
-        if self.namespace is not None and not NAMESPACE.match(self.namespace):
-            raise ConfigError(
-                f"--namespace {self.namespace!r} is not a valid name; use letters, digits and _"
-            )
+        if self.namespace is not None:
+            check_namespace(self.namespace)
         if self.catalog is not None and not self.catalog.strip():
             raise ConfigError("--catalog is empty; name the lake's catalog, or leave it out")
 
