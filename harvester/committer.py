@@ -359,6 +359,7 @@ class Committer:
                 month,
                 lambda p: p.with_changes(drop_windows=dropped_windows),
                 token=token,
+                known=current,
             )
             # ... and the head, before any file goes: a nightly run resumes from the
             # head, and must see those windows as the gap they now are.
@@ -384,6 +385,7 @@ class Committer:
             month,
             lambda p: p.with_changes(windows=records, files=files, drop_files=drops),
             token=token,
+            known=current,
         )
         self._committed(feed, days, records, results=results.values())
         assert updated.version is not None
@@ -605,7 +607,9 @@ class Committer:
             def change(part: Partition, records: list[WindowRecord] = month_records) -> Partition:
                 return part.with_changes(windows=records)
 
-            updated = await self.manifest.update_partition(feed, month, change, token=token)
+            updated = await self.manifest.update_partition(
+                feed, month, change, token=token, known=read.get(month)
+            )
             assert updated.version is not None
             changed.append((updated.part, updated.version))
             records += month_records

@@ -128,15 +128,21 @@ class Manifest:
         change: Callable[[Partition], Partition],
         *,
         token: int | None,
+        known: Versioned | None = None,
     ) -> Versioned:
         """Apply ``change`` to the partition until a conditional write of it succeeds.
 
         ``token`` is the writer's lease token: a partition already written under a newer
         lease raises :class:`Fenced` instead of being overwritten. ``None`` is for
         writers that hold no lease (a migration, a repair): no check, token unchanged.
+        ``known``, the partition as the caller last read it, is tried first instead of
+        reading it again; if it is no longer current, the write's condition fails and
+        the partition is read afresh.
         """
         for attempt in range(ATTEMPTS):
-            current = await self.read_partition(feed, month)
+            current = known if known is not None and attempt == 0 else None
+            if current is None:
+                current = await self.read_partition(feed, month)
             if token is not None and current.part.token > token:
                 raise Fenced(
                     f"{partition_key(feed, month)} was written under lease {current.part.token}, "
