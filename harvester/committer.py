@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
@@ -61,6 +61,30 @@ log = structlog.get_logger("harvester")
 DAY = 86_400
 PARALLEL_DAYS = 8
 """Day files written at once in a commit (over all its feeds)."""
+
+
+BATCH_ROWS = 100_000
+"""Rows at most in one group of small fresh days, written together from memory; a bigger
+day is written on its own, through a staged file."""
+
+
+def batches(days: Sequence[date], rows: Callable[[date], int], *, limit: int) -> list[list[date]]:
+    """``days`` in order, cut into groups of at most ``limit`` rows (a bigger day alone).
+
+    Small days share a group, so a sparse month is one thread trip; big days keep a
+    group each, so dense days are still encoded side by side.
+    """
+    groups: list[list[date]] = []
+    total = 0
+    for day in days:
+        size = rows(day)
+        if groups and total + size <= limit:
+            groups[-1].append(day)
+            total += size
+        else:
+            groups.append([day])
+            total = size
+    return groups
 
 
 def _epoch_day(day: date) -> int:
@@ -402,10 +426,13 @@ class Committer:
         """
         state = self._feeds[feed]
         hulls = {day: hull(day, self.step) for day in days}
+        held: dict[int, int] = {}
+        for spooled in state.spooled:
+            for n, count in spooled.spool.days.items():
+                held[n] = held.get(n, 0) + count
         # A day that no spool holds a row of, and the lake holds no file of, has nothing
         # to write: its windows are recorded with no rows. Most days of a sparse or
         # filtered range are such days; they cost no thread trip and no spool read.
-        held = {n for spooled in state.spooled for n in spooled.spool.days}
         empty = {d for d in days if _epoch_day(d) not in held and not part.day_files(str(d))}
         # Each spool is split by day once for these days, not filtered once per day.
         sources = []
@@ -420,11 +447,9 @@ class Committer:
                 sources.append((spooled.spool, wanted))
         rows = DayRows(sources, step=self.step, schema=FEEDS[feed].schema)
 
-        async def one(day: date) -> DayResult:
-            if day in empty:
-                return DayResult(files=())
+        def job(day: date) -> DayJob:
             low, high = hulls[day]
-            job = DayJob(
+            return DayJob(
                 feed=FEEDS[feed],
                 day=day,
                 step=self.step,
@@ -433,20 +458,45 @@ class Committer:
                 files=part.day_files(day.isoformat()),
                 previous={s: w for s, w in part.windows.items() if low <= s < high},
             )
-            async with self._days:
-                return await self.writer.write(job)
 
-        settled = await asyncio.gather(*(one(day) for day in days), return_exceptions=True)
+        async def one(day: date) -> DayResult:
+            if day in empty:
+                return DayResult(files=())
+            async with self._days:
+                return await self.writer.write(job(day))
+
+        async def together(group: list[date]) -> list[DayResult | HarvesterError]:
+            async with self._days:
+                return await self.writer.write_fresh([job(d) for d in group])
+
+        # Small days with no file yet go to the writer in groups (a sparse month is one
+        # group): two thread trips per group, not three per day, and no staged files.
+        size = {d: held.get(_epoch_day(d), 0) for d in days}
+        fresh = [
+            d
+            for d in days
+            if d not in empty and not part.day_files(str(d)) and size[d] <= BATCH_ROWS
+        ]
+        groups = batches(fresh, size.__getitem__, limit=BATCH_ROWS)
+        single = [d for d in days if d not in fresh]
+        alone, grouped = await asyncio.gather(
+            asyncio.gather(*(one(day) for day in single), return_exceptions=True),
+            asyncio.gather(*(together(group) for group in groups), return_exceptions=True),
+        )
+        settled: list[DayResult | BaseException] = list(alone)
+        order = single + [d for group in groups for d in group]
+        for group, outcome in zip(groups, grouped, strict=True):
+            settled += [outcome] * len(group) if isinstance(outcome, BaseException) else outcome
         results: dict[date, DayResult] = {}
         failed: dict[date, HarvesterError] = {}
         errors: list[BaseException] = []
-        for day, outcome in zip(days, settled, strict=True):
-            if isinstance(outcome, DayResult):
-                results[day] = outcome
-            elif isinstance(outcome, HarvesterError) and not isinstance(outcome, FATAL):
-                failed[day] = outcome
-            else:
-                errors.append(outcome)
+        for day, result in zip(order, settled, strict=True):
+            if isinstance(result, DayResult):
+                results[day] = result
+            elif isinstance(result, HarvesterError) and not isinstance(result, FATAL):
+                failed[day] = result
+            elif not any(result is e for e in errors):
+                errors.append(result)
         if errors:
             raise unwrap(BaseExceptionGroup("writing days", errors))
         return results, failed

@@ -4,7 +4,8 @@ Used by tests as a real process: ``python tests/killpoint.py SPEC`` where SPEC i
 ``{"options": {...make_config options...}, "key": API key, "kill": [method, glob, n]}``.
 The process sends itself SIGKILL just before the ``n``-th (1-based) call of ``method``
 (``write``, ``commit``, ``delete``) on a key matching ``glob``: the store then holds
-exactly what the operations before it left, as after a real crash there.
+exactly what the operations before it left, as after a real crash there. Each item of a
+``write_many`` counts as a ``write``.
 """
 
 from __future__ import annotations
@@ -46,8 +47,29 @@ def killing(store: Any, method: str, glob: str, n: int) -> Any:
 
         setattr(store, name, wrapped)
 
+    def wrap_many() -> None:
+        real = store.write_many
+
+        async def wrapped(items: Any) -> Any:
+            nonlocal seen
+            for index, (key, _, _) in enumerate(items):
+                if fnmatchcase(key, glob):
+                    seen += 1
+                    if seen == n:
+                        # The group's earlier files are written, as the store writes
+                        # them in order; this one and the rest are not.
+                        if index:
+                            await real(items[:index])
+                        sys.stdout.flush()
+                        os.kill(os.getpid(), signal.SIGKILL)
+            return await real(items)
+
+        store.write_many = wrapped
+
     for name in MUTATIONS if method == "any" else (method,):
         wrap(name)
+    if method in ("any", "write"):
+        wrap_many()  # a group of writes counts as its writes, one by one
     return store
 
 

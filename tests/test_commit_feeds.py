@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+import itertools
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from harvester import api
-from harvester.errors import StorageFull
+from harvester.committer import batches
+from harvester.errors import StorageError, StorageFull
 from harvester.manifest.io import Manifest
 from harvester.storage import Expect, LocalStore, ObjectInfo
 
@@ -31,6 +36,18 @@ class FullFor(LocalStore):
         if key.startswith(f"{self.feed}/"):
             raise StorageFull(f"injected: no space left for {key}")
         return await super().commit(staged, key, expect=expect)
+
+    async def write_many(
+        self, items: Sequence[tuple[str, bytes, Expect]]
+    ) -> list[ObjectInfo | StorageError]:
+        ours = [item for item in items if not item[0].startswith(f"{self.feed}/")]
+        written = iter(await super().write_many(ours))
+        return [
+            StorageFull(f"injected: no space left for {key}")
+            if key.startswith(f"{self.feed}/")
+            else next(written)
+            for key, _, _ in items
+        ]
 
 
 def harvest(url: str, out: Path, store: LocalStore | None = None) -> Any:
@@ -89,6 +106,12 @@ class CountingStore(LocalStore):
             self.data_files += 1
         return await super().commit(staged, key, expect=expect)
 
+    async def write_many(
+        self, items: Sequence[tuple[str, bytes, Expect]]
+    ) -> list[ObjectInfo | StorageError]:
+        self.data_files += sum("/dt=" in key for key, _, _ in items)
+        return await super().write_many(items)
+
 
 def test_days_without_records_get_no_file_and_are_still_complete(
     make_sim: Any, tmp_path: Path
@@ -133,3 +156,24 @@ def test_days_without_records_get_no_file_and_are_still_complete(
     forced = run(force=True)
     assert forced.ok
     assert_lake_exact(str(tmp_path), truth)
+
+
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=250), max_size=40),
+    limit=st.integers(min_value=1, max_value=300),
+)
+def test_small_days_are_grouped_in_order_and_a_big_day_goes_alone(
+    sizes: list[int], limit: int
+) -> None:
+    """Groups keep the days' order, stay within the limit unless a day alone exceeds it."""
+    days = [date(2024, 1, 1) + timedelta(days=i) for i in range(len(sizes))]
+    rows = dict(zip(days, sizes, strict=True))
+    groups = batches(days, rows.__getitem__, limit=limit)
+    assert [d for group in groups for d in group] == days
+    assert all(group for group in groups)
+    for group in groups:
+        total = sum(rows[d] for d in group)
+        assert total <= limit or len(group) == 1
+    for group, after in itertools.pairwise(groups):
+        # greedy: a group ends only where the next day would not have fitted
+        assert sum(rows[d] for d in group) + rows[after[0]] > limit

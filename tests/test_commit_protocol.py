@@ -94,7 +94,7 @@ def test_lost_answers_and_foreign_writes_leave_an_exact_lake_and_a_true_manifest
     store.lose_next_response("_manifest/ips/*")
     store.conflict_next("_manifest/_head.json")
     store.conflict_next("_manifest/domains/*")
-    store.lose_next_response("urls/dt=2024-01-30/*", methods=("commit",))
+    store.lose_next_response("urls/dt=2024-01-30/*", methods=("commit", "write"))
     result = asyncio.run(harvest(store, sim.url))
     assert store.armed() == 0, "every fault fired"
     # the lost day-file answer fails its window this run (the file is recognised next run)

@@ -315,10 +315,18 @@ class GateFirstCommit(LocalStore):
         self.hook = hook
 
     async def commit(self, staged: Path, key: str, *, expect: Any = None) -> Any:
+        await self._first(key)
+        return await super().commit(staged, key, expect=expect)
+
+    async def write_many(self, items: Any) -> Any:
+        for key, _, _ in items:
+            await self._first(key)
+        return await super().write_many(items)
+
+    async def _first(self, key: str) -> None:
         if key.endswith(".parquet") and self.hook is not None:
             hook, self.hook = self.hook, None
             await hook()
-        return await super().commit(staged, key, expect=expect)
 
 
 def committer(store: Any, leases: Leases, folder: Path, run_id: str, todo: Spans) -> Committer:
@@ -390,6 +398,7 @@ def test_a_run_that_took_over_an_expired_lease_never_drops_the_old_holders_rows(
         # B takes the lease, harvests the evening, and A commits just before B's write
         b_store = GateFirstCommit(out, run_a.flush)
         result = await api.aharvest(config, api_key=SIM_KEY, store=b_store, sleep=_fast_sleep)
+        assert b_store.hook is None, "B wrote no data file: A never committed mid-run"
         await a.release_all()
         return result
 

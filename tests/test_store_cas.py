@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from harvester.errors import Conflict
 from harvester.retry import RetryPolicy
 from harvester.s3 import S3Store
-from harvester.storage import ABSENT, Absent, LocalStore, ObjectInfo, Store
+from harvester.storage import ABSENT, Absent, Expect, LocalStore, ObjectInfo, Store
 
 from memstore import MemoryStore
 
@@ -124,6 +124,73 @@ def test_commit_is_conditional_like_write(store: Store) -> None:
         assert [i.key for i in await s.list("ips")] == [key]  # no staging leftovers visible
 
     run(store, scenario)
+
+
+def test_write_many_is_each_write_and_hands_back_each_outcome(store: Store) -> None:
+    """A group of writes: each under its own condition, a refused one in its place only."""
+
+    async def scenario(s: Store) -> None:
+        taken = await s.write("ips/dt=2024-01-02/part-0.parquet", b"already there")
+        kept = await s.write("ips/dt=2024-01-03/part-0.parquet", b"v1")
+        items: list[tuple[str, bytes, Expect]] = [
+            ("ips/dt=2024-01-01/part-0.parquet", b"day one", ABSENT),
+            ("ips/dt=2024-01-02/part-0.parquet", b"day two", ABSENT),  # exists
+            ("ips/dt=2024-01-03/part-0.parquet", b"v2", kept.version),
+            ("ips/dt=2024-01-04/part-0.parquet", b"day four", "no-such-version"),
+        ]
+        outcomes = await s.write_many(items)
+        assert isinstance(outcomes[0], ObjectInfo) and outcomes[0].size == 7
+        assert isinstance(outcomes[1], Conflict)
+        assert isinstance(outcomes[2], ObjectInfo) and outcomes[2].version != kept.version
+        assert isinstance(outcomes[3], Conflict)
+        assert await s.get_bytes("ips/dt=2024-01-01/part-0.parquet") == b"day one"
+        blob = await s.read("ips/dt=2024-01-02/part-0.parquet")
+        assert blob is not None
+        assert (blob.data, blob.info.version) == (b"already there", taken.version)
+        assert await s.get_bytes("ips/dt=2024-01-03/part-0.parquet") == b"v2"
+        assert await s.read("ips/dt=2024-01-04/part-0.parquet") is None
+        assert [i.key for i in await s.list("ips")] == [k for k, _, _ in items[:3]]
+        assert await s.write_many([]) == []
+
+    run(store, scenario)
+
+
+@pytest.mark.parametrize("grouped", [True, False], ids=["syncfs", "file-by-file"])
+def test_local_write_many_leaves_no_dot_file_and_versions_that_read_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, grouped: bool
+) -> None:
+    """Synced as a group (syncfs) or file by file, the files and versions are the same."""
+    from harvester import syncfs
+
+    if grouped and not syncfs.AVAILABLE:
+        pytest.skip("syncfs(2) is Linux-only")
+    monkeypatch.setattr(syncfs, "AVAILABLE", grouped)
+    store = LocalStore(tmp_path / "lake")
+
+    async def scenario(s: Store) -> None:
+        await s.write("ips/dt=2024-01-02/part-0.parquet", b"taken")
+        items = [(f"ips/dt=2024-01-0{d}/part-0.parquet", b"x" * d, ABSENT) for d in (1, 2, 3)]
+        outcomes = await s.write_many(items)
+        assert isinstance(outcomes[1], Conflict)
+        for (key, data, _), info in zip(items, outcomes, strict=True):
+            blob = await s.read(key)
+            assert blob is not None
+            if isinstance(info, ObjectInfo):
+                assert (blob.data, blob.info.version) == (data, info.version)
+
+    run(store, scenario)
+    assert not list((tmp_path / "lake").rglob(".*")), "a dot-file was left behind"
+
+
+def test_syncfs_syncs_a_folders_file_system_and_names_a_missing_one(tmp_path: Path) -> None:
+    """syncfs.sync works on a real folder, and a folder that is not there is an OSError."""
+    from harvester import syncfs
+
+    if not syncfs.AVAILABLE:
+        pytest.skip("syncfs(2) is Linux-only")
+    syncfs.sync([tmp_path, tmp_path])
+    with pytest.raises(FileNotFoundError):
+        syncfs.sync([tmp_path / "missing"])
 
 
 def test_delete_if_match(store: Store) -> None:

@@ -26,8 +26,9 @@ class Spool:
         self.path = path
         self.schema = schema
         self.rows = 0
-        self.days: set[int] = set()
-        """The UTC days (as days since the epoch) its rows fall on: a commit skips the rest."""
+        self.days: dict[int, int] = {}
+        """Rows per UTC day (as days since the epoch) it holds: a commit skips the other
+        days, and writes small days together."""
         self._sink: pa.NativeFile | None = None
         self._writer: pa.ipc.RecordBatchFileWriter | None = None
 
@@ -42,7 +43,11 @@ class Spool:
         self.rows += table.num_rows
         # One small compute call a page; a sparse year's commit then knows which of its
         # 2,562 feed-days hold no rows at all without a thread trip for each.
-        self.days.update(pc.unique(pc.divide(days.seconds(table), days.DAY)).to_pylist())
+        counts = pc.value_counts(pc.divide(days.seconds(table), days.DAY))
+        for day, rows in zip(
+            counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True
+        ):
+            self.days[day] = self.days.get(day, 0) + rows
 
     def close(self) -> None:
         """Finish the file so it can be read; idempotent."""

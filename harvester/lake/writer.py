@@ -38,7 +38,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from harvester.errors import Conflict, StorageError, TransientStorageError
+from harvester.errors import Conflict, HarvesterError, StorageError, TransientStorageError
 from harvester.intervals import Spans
 from harvester.lake import days
 from harvester.lake.byday import DayRows
@@ -117,6 +117,41 @@ class DayWriter:
         if not job.files:
             return await self._fresh(job, kept=None, expect_main=ABSENT)
         return await self._rewrite(job)
+
+    async def write_fresh(self, jobs: Sequence[DayJob]) -> list[DayResult | HarvesterError]:
+        """Write small days that have no file yet, in two thread trips for all of them.
+
+        Each day gets the files :meth:`write` makes of it, on the same conditions; per
+        day, its result or its error (the other days are written). The days' rows are
+        cut and encoded in memory in one trip, and the store writes them all in one
+        more (:meth:`~harvester.storage.Store.write_many`): on a sparse range most days
+        are such small days, and one trip each for rows, encoding and commit, and a
+        staged file each, cost more than the files themselves. The caller keeps the
+        days small (their files are held in memory together).
+        """
+        encoded = await asyncio.to_thread(_encode_fresh, jobs, self.cap)
+        items = [(f.key, f.data, ABSENT) for day in encoded for f in day.files]
+        outcomes = iter(await self.store.write_many(items))
+        results: list[DayResult | HarvesterError] = []
+        for job, day in zip(jobs, encoded, strict=True):
+            records: list[FileRecord] = []
+            error: HarvesterError | None = None
+            for file in day.files:
+                info: ObjectInfo | HarvesterError = next(outcomes)
+                if isinstance(info, Conflict | TransientStorageError) and error is None:
+                    try:  # lost a race, or only the answer: look, as _put does
+                        info = await self._settle(job, file.key, file.data, ABSENT)
+                    except HarvesterError as exc:
+                        info = exc
+                if isinstance(info, HarvesterError):
+                    error = error or info
+                else:
+                    records.append(file.record(job, info))
+            written = DayResult(
+                files=tuple(records), window_rows=day.window_rows, written=len(records)
+            )
+            results.append(error if error is not None else written)
+        return results
 
     # --- the three cases ---------------------------------------------------------------
 
@@ -262,8 +297,12 @@ class DayWriter:
             windows=windows,
         )
 
-    async def _settle(self, job: DayJob, key: str, staged: Path, expect: Expect) -> ObjectInfo:
+    async def _settle(
+        self, job: DayJob, key: str, content: Path | bytes, expect: Expect
+    ) -> ObjectInfo:
         """After a conditional write failed: adopt files nobody recorded, or give up.
+
+        ``content`` is what was written: a staged file, or a small file's bytes.
 
         A file the manifest does not know was left by a run that died before recording
         it: it holds no recorded window, so it is replaced (and any other such file of
@@ -273,7 +312,7 @@ class DayWriter:
         listed = {i.key: i for i in await self.store.list(day_folder(job.feed.name, job.day))}
         recorded = {f.key for f in job.files}
         found = listed.get(key)
-        if found is not None and _is_ours(found, staged):
+        if found is not None and _is_ours(found, content):
             return found
         if expect is not ABSENT or found is None or key in recorded:
             raise Conflict(
@@ -284,7 +323,9 @@ class DayWriter:
             if other.key not in recorded and other.key != key and other.key.endswith(".parquet"):
                 with contextlib.suppress(Conflict):
                     await self.store.delete(other.key, expect=other.version)
-        return await self.store.commit(staged, key, expect=found.version)
+        if isinstance(content, bytes):
+            return await self.store.write(key, content, expect=found.version)
+        return await self.store.commit(content, key, expect=found.version)
 
     def _schema(self, record: FileRecord) -> pa.Schema:
         return FEEDS[record.key.split("/", 1)[0]].schema
@@ -310,6 +351,56 @@ class DayWriter:
             path, info = found
             table = await asyncio.to_thread(_read_parquet, path, record.key)
             return table.cast(self._schema(record)), info.version
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Encoded:
+    """One file of a fresh day, encoded in memory and waiting to be written."""
+
+    key: str
+    data: bytes
+    rows: int
+    windows: Spans
+
+    def record(self, job: DayJob, info: ObjectInfo) -> FileRecord:
+        """The manifest's record of this file, written as ``info``."""
+        return FileRecord(
+            key=self.key,
+            day=job.day.isoformat(),
+            size=info.size,
+            version=info.version,
+            rows=self.rows,
+            windows=self.windows,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class _EncodedDay:
+    """A fresh day's files, encoded, and its rows per replaced window."""
+
+    files: tuple[_Encoded, ...]
+    window_rows: Mapping[int, int]
+
+
+def _encode_fresh(jobs: Sequence[DayJob], cap: int) -> list[_EncodedDay]:
+    """Each fresh day's files as Parquet bytes, cut as :meth:`DayWriter._fresh` cuts them.
+
+    Blocking: one thread trip for all the days.
+    """
+    encoded: list[_EncodedDay] = []
+    for job in jobs:
+        new, counts = job.rows.take(job.day, job.replaced & job.span)
+        window_rows = {s: n for s, n in counts.items() if job.replaced.containing(s)}
+        groups = days.split_windows(counts, job.step, cap=cap)
+        files = []
+        for index, group in enumerate(groups):
+            first = group.pairs[0][0]
+            key = main_key(job.feed.name, job.day) if index == 0 else _key(job, first)
+            part = new if len(groups) == 1 else days.select(new, group)
+            data = _parquet_bytes(part, job.feed.schema)
+            files.append(_Encoded(key=key, data=data, rows=part.num_rows, windows=group))
+        encoded.append(_EncodedDay(files=tuple(files), window_rows=window_rows))
+    return encoded
 
 
 def _unclaimed(record: FileRecord, job: DayJob) -> bool:
@@ -348,13 +439,26 @@ def _day_rows(job: DayJob, kept: Spool | None) -> tuple[pa.Table, dict[int, int]
 
 def _write_parquet(path: Path, table: pa.Table, schema: pa.Schema) -> None:
     """Write ``table`` as one zstd Parquet file (the store makes it durable on commit)."""
+    # An open file, not a path: pyarrow resolves a path's file system on every call,
+    # which cost a small file more than encoding it.
+    with pa.OSFile(str(path), "wb") as sink:
+        _encode(sink, table, schema)
+
+
+def _parquet_bytes(table: pa.Table, schema: pa.Schema) -> bytes:
+    """``table`` as the bytes of one zstd Parquet file (for small files)."""
+    sink = pa.BufferOutputStream()
+    _encode(sink, table, schema)
+    data: bytes = sink.getvalue().to_pybytes()
+    return data
+
+
+def _encode(sink: pa.NativeFile, table: pa.Table, schema: pa.Schema) -> None:
     if table.schema != schema:
         table = table.cast(schema)
     dictionary = table.num_rows >= DICTIONARY_ROWS
-    with pq.ParquetWriter(
-        path, schema, compression=COMPRESSION, use_dictionary=dictionary
-    ) as writer:
-        writer.write_table(table, ROW_GROUP_ROWS)
+    with pq.ParquetWriter(sink, schema, compression=COMPRESSION, use_dictionary=dictionary) as w:
+        w.write_table(table, ROW_GROUP_ROWS)
 
 
 def _read_parquet(path: Path, key: str) -> pa.Table:
@@ -365,9 +469,13 @@ def _read_parquet(path: Path, key: str) -> pa.Table:
         raise StorageError(f"cannot read {key} ({exc}); run `harvester verify`") from exc
 
 
-def _is_ours(found: ObjectInfo, staged: Path) -> bool:
-    """Whether ``found`` is the staged file: its size, and (S3) its MD5 ETag."""
-    if not staged.exists() or found.size != staged.stat().st_size:
+def _is_ours(found: ObjectInfo, content: Path | bytes) -> bool:
+    """Whether ``found`` is what was written: its size, and (S3) its MD5 ETag."""
+    if isinstance(content, Path):
+        if not content.exists():
+            return False
+        content = content.read_bytes()
+    if found.size != len(content):
         return False
-    digest = hashlib.md5(staged.read_bytes(), usedforsecurity=False).hexdigest()
+    digest = hashlib.md5(content, usedforsecurity=False).hexdigest()
     return found.version.strip('"') == digest
