@@ -64,7 +64,7 @@ from harvester.planner import FeedPlan, Plan, shard_share, windows_in
 from harvester.ratelimit import AdaptiveRateLimiter
 from harvester.report import FeedSummary, RunResult
 from harvester.retry import RetryPolicy, Sleep
-from harvester.schemas import FEEDS, items_to_table
+from harvester.schemas import FEEDS, items_to_table, warm
 from harvester.secret import Secret, redact
 from harvester.spans import Span, SpanQueue, too_dense
 from harvester.staging import Staging, staging_root
@@ -371,7 +371,12 @@ class Harvest:
             assert first is not None
             queue.give_back(first)
             # Before anything is written: a refused key or a dead URL leave no trace.
-            await self._preflight(client, first)
+            # Meanwhile pyarrow imports what its first conversion needs, off the loop.
+            warming = asyncio.create_task(asyncio.to_thread(warm))
+            try:
+                await self._preflight(client, first)
+            finally:
+                await warming
             await self.manifest.update_head(
                 lambda head: head or Head(table_format=self.config.table_format, window=self.step)
             )
