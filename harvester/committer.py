@@ -63,6 +63,19 @@ PARALLEL_DAYS = 8
 """Day files written at once in a commit (over all its feeds)."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Month:
+    """A month of one feed, ready to have its days written and recorded."""
+
+    days: list[date]
+    current: Versioned
+    """Its partition as read (and marked for folding, if it had old files)."""
+    part: Partition
+    """Its partition as first read: the files the days' writes start from."""
+    previous: dict[int, WindowRecord]
+    """Its windows before this commit."""
+
+
 BATCH_ROWS = 100_000
 """Rows at most in one group of small fresh days, written together from memory; a bigger
 day is written on its own, through a staged file."""
@@ -326,28 +339,41 @@ class Committer:
     async def _commit_feed(self, feed: str, days: list[date]) -> list[tuple[Partition, str]]:
         if self.sink is not None:
             return await self._commit_iceberg(feed, days, self.sink)
-        state = self._feeds[feed]
         by_month: dict[str, list[date]] = {}
         for day in days:
             by_month.setdefault(month_of(hull(day, self.step)[0]), []).append(day)
         read = await self.manifest.read_partitions(feed, by_month)
-        changed: list[tuple[Partition, str]] = []
+        ready: dict[str, _Month] = {}
         for month, month_days in sorted(by_month.items()):
-            block: Block = (feed, month)
-            spans = Spans.of(hull(d, self.step) for d in month_days) & state.harvested
-            if not self.leases.holds(block):
-                self._drop(feed, month_days, spans, Fenced(f"lost the lease on {feed} {month}"))
-                continue
             try:
-                part = await self._commit_month(feed, month, month_days, read[month])
+                ready[month] = await self._prepare_month(feed, month, month_days, read[month])
             except FATAL:
                 raise
             except HarvesterError as exc:
-                self._drop(feed, month_days, spans, exc)
+                self._drop_month(feed, month_days, exc)
+        # The days of every month are written together: a sparse feed's small days are
+        # one group (one encoding trip, one store write, one sync), not one a month.
+        results, failed = await self._write_days(
+            feed,
+            [d for m in ready.values() for d in m.days],
+            {month: m.part for month, m in ready.items()},
+        )
+        changed: list[tuple[Partition, str]] = []
+        for month, prepared in sorted(ready.items()):
+            try:
+                part = await self._record_month(feed, month, prepared, results, failed)
+            except FATAL:
+                raise
+            except HarvesterError as exc:
+                self._drop_month(feed, prepared.days, exc)
                 continue
             if part is not None:
                 changed.append(part)
         return changed
+
+    def _drop_month(self, feed: str, days: list[date], error: HarvesterError) -> None:
+        state = self._feeds[feed]
+        self._drop(feed, days, Spans.of(hull(d, self.step) for d in days) & state.harvested, error)
 
     def _drop(self, feed: str, days: Iterable[date], spans: Spans, error: HarvesterError) -> None:
         """The windows of ``days`` could not be committed: they failed in this run."""
@@ -356,10 +382,12 @@ class Committer:
         self._fail(feed, spans, error, redact(str(error)) or type(error).__name__)
         self._release_spools(feed, set(days))
 
-    async def _commit_month(
+    async def _prepare_month(
         self, feed: str, month: str, days: list[date], current: Versioned
-    ) -> tuple[Partition, str] | None:
-        token = self.leases.token((feed, month))
+    ) -> _Month:
+        """Check the month's lease, and mark the windows of days about to be folded."""
+        if not self.leases.holds((feed, month)):
+            raise Fenced(f"lost the lease on {feed} {month}")
         part = current.part
         legacy_days = [d for d in days if any(is_legacy(f.key) for f in part.day_files(str(d)))]
         previous = dict(part.windows)
@@ -382,7 +410,7 @@ class Committer:
                 feed,
                 month,
                 lambda p: p.with_changes(drop_windows=dropped_windows),
-                token=token,
+                token=self.leases.token((feed, month)),
                 known=current,
             )
             # ... and the head, before any file goes: a nightly run resumes from the
@@ -392,31 +420,43 @@ class Committer:
             self.head = await self.manifest.update_head(
                 lambda head: head.with_partition(marked, version)  # type: ignore[union-attr]
             )
-        results, failed = await self._write_days(feed, days, part)
-        if failed:
+        return _Month(days=days, current=current, part=part, previous=previous)
+
+    async def _record_month(
+        self,
+        feed: str,
+        month: str,
+        prepared: _Month,
+        results: Mapping[date, DayResult],
+        failed: Mapping[date, HarvesterError],
+    ) -> tuple[Partition, str] | None:
+        """Record the month's written days in its partition; fail the days not written."""
+        days = prepared.days
+        bad = sorted(d for d in days if d in failed)
+        if bad:
             # The other days' files are written: record them, fail only these days.
             state = self._feeds[feed]
-            bad = sorted(failed)
             spans = Spans.of(hull(d, self.step) for d in bad) & state.harvested
             self._drop(feed, bad, spans, failed[bad[0]])
             days = [d for d in days if d not in failed]
-        records, files, drops = self._records(feed, days, results, previous)
-        if not records and not drops and all(not r.written for r in results.values()):
-            self._committed(feed, days, [], results=results.values())
+        mine = {d: results[d] for d in days}
+        records, files, drops = self._records(feed, days, mine, prepared.previous)
+        if not records and not drops and all(not r.written for r in mine.values()):
+            self._committed(feed, days, [], results=mine.values())
             return None
         updated = await self.manifest.update_partition(
             feed,
             month,
             lambda p: p.with_changes(windows=records, files=files, drop_files=drops),
-            token=token,
-            known=current,
+            token=self.leases.token((feed, month)),
+            known=prepared.current,
         )
-        self._committed(feed, days, records, results=results.values())
+        self._committed(feed, days, records, results=mine.values())
         assert updated.version is not None
         return updated.part, updated.version
 
     async def _write_days(
-        self, feed: str, days: list[date], part: Partition
+        self, feed: str, days: list[date], parts: Mapping[str, Partition]
     ) -> tuple[dict[date, DayResult], dict[date, HarvesterError]]:
         """Write ``days``; the results of those written, and the errors of those not.
 
@@ -426,6 +466,8 @@ class Committer:
         """
         state = self._feeds[feed]
         hulls = {day: hull(day, self.step) for day in days}
+        part = {day: parts[month_of(hulls[day][0])] for day in days}
+        recorded = {day: part[day].day_files(day.isoformat()) for day in days}
         held: dict[int, int] = {}
         for spooled in state.spooled:
             for n, count in spooled.spool.days.items():
@@ -433,7 +475,7 @@ class Committer:
         # A day that no spool holds a row of, and the lake holds no file of, has nothing
         # to write: its windows are recorded with no rows. Most days of a sparse or
         # filtered range are such days; they cost no thread trip and no spool read.
-        empty = {d for d in days if _epoch_day(d) not in held and not part.day_files(str(d))}
+        empty = {d for d in days if _epoch_day(d) not in held and not recorded[d]}
         # Each spool is split by day once for these days, not filtered once per day.
         sources = []
         for spooled in state.spooled:
@@ -455,8 +497,8 @@ class Committer:
                 step=self.step,
                 replaced=state.harvested.clip(low, high),
                 rows=rows,
-                files=part.day_files(day.isoformat()),
-                previous={s: w for s, w in part.windows.items() if low <= s < high},
+                files=recorded[day],
+                previous={s: w for s, w in part[day].windows.items() if low <= s < high},
             )
 
         async def one(day: date) -> DayResult:
@@ -475,7 +517,7 @@ class Committer:
         fresh = [
             d
             for d in days
-            if d not in empty and not part.day_files(str(d)) and size[d] <= BATCH_ROWS
+            if d not in empty and not recorded[d] and size[d] <= BATCH_ROWS
         ]
         groups = batches(fresh, size.__getitem__, limit=BATCH_ROWS)
         single = [d for d in days if d not in fresh]
