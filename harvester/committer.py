@@ -36,7 +36,7 @@ from harvester.lake.layout import day_of, day_start, is_legacy
 from harvester.lake.spool import Spool
 from harvester.lake.writer import DayJob, DayResult, DayWriter
 from harvester.leases import Block, Leases
-from harvester.manifest.io import Fenced, Manifest, Versioned
+from harvester.manifest.io import Fenced, Manifest, PartitionUpdate, Versioned
 from harvester.manifest.model import (
     FailedSpan,
     FileRecord,
@@ -76,22 +76,49 @@ class _Month:
     """Its windows before this commit."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Records:
+    """What one month's partition is to record, from the days written in a commit."""
+
+    days: list[date]
+    """The days written (those that failed left out)."""
+    results: dict[date, DayResult]
+    windows: list[WindowRecord]
+    files: list[FileRecord]
+    drops: list[str]
+
+    @property
+    def anything(self) -> bool:
+        """Whether the partition changes at all (a file written, a window or file recorded)."""
+        return bool(self.windows or self.drops or any(r.written for r in self.results.values()))
+
+    def apply(self, part: Partition) -> Partition:
+        """``part`` with these records."""
+        return part.with_changes(windows=self.windows, files=self.files, drop_files=self.drops)
+
+
+BATCH_DAYS = 31
+"""Days at most in one group: a group's files are synced together, and on ext4 a sync
+every month's worth of small files kept creating them fast (the file system's inode
+allocator slows down while many created files wait unsynced)."""
 BATCH_ROWS = 100_000
 """Rows at most in one group of small fresh days, written together from memory; a bigger
 day is written on its own, through a staged file."""
 
 
-def batches(days: Sequence[date], rows: Callable[[date], int], *, limit: int) -> list[list[date]]:
-    """``days`` in order, cut into groups of at most ``limit`` rows (a bigger day alone).
+def batches(
+    days: Sequence[date], rows: Callable[[date], int], *, limit: int, most: int = BATCH_DAYS
+) -> list[list[date]]:
+    """``days`` in order, cut into groups of at most ``limit`` rows and ``most`` days.
 
     Small days share a group, so a sparse month is one thread trip; big days keep a
-    group each, so dense days are still encoded side by side.
+    group each (a day over ``limit`` alone), so dense days are still encoded side by side.
     """
     groups: list[list[date]] = []
     total = 0
     for day in days:
         size = rows(day)
-        if groups and total + size <= limit:
+        if groups and total + size <= limit and len(groups[-1]) < most:
             groups[-1].append(day)
             total += size
         else:
@@ -358,17 +385,34 @@ class Committer:
             [d for m in ready.values() for d in m.days],
             {month: m.part for month, m in ready.items()},
         )
+        # ... and every month's partition is written in one group as well.
+        recorded = {
+            month: self._month_records(feed, prepared, results, failed)
+            for month, prepared in sorted(ready.items())
+        }
+        updates = [
+            PartitionUpdate(
+                month=month,
+                change=r.apply,
+                token=self.leases.token((feed, month)),
+                known=ready[month].current,
+            )
+            for month, r in recorded.items()
+            if r.anything
+        ]
+        written = await self.manifest.update_partitions(feed, updates)
         changed: list[tuple[Partition, str]] = []
-        for month, prepared in sorted(ready.items()):
-            try:
-                part = await self._record_month(feed, month, prepared, results, failed)
-            except FATAL:
-                raise
-            except HarvesterError as exc:
-                self._drop_month(feed, prepared.days, exc)
+        for month, r in recorded.items():
+            outcome = written.get(month)
+            if isinstance(outcome, FATAL):
+                raise outcome
+            if isinstance(outcome, HarvesterError):
+                self._drop_month(feed, ready[month].days, outcome)
                 continue
-            if part is not None:
-                changed.append(part)
+            self._committed(feed, r.days, r.windows, results=r.results.values())
+            if outcome is not None:
+                assert outcome.version is not None
+                changed.append((outcome.part, outcome.version))
         return changed
 
     def _drop_month(self, feed: str, days: list[date], error: HarvesterError) -> None:
@@ -422,15 +466,14 @@ class Committer:
             )
         return _Month(days=days, current=current, part=part, previous=previous)
 
-    async def _record_month(
+    def _month_records(
         self,
         feed: str,
-        month: str,
         prepared: _Month,
         results: Mapping[date, DayResult],
         failed: Mapping[date, HarvesterError],
-    ) -> tuple[Partition, str] | None:
-        """Record the month's written days in its partition; fail the days not written."""
+    ) -> _Records:
+        """What the month's partition is to record; the days not written fail here."""
         days = prepared.days
         bad = sorted(d for d in days if d in failed)
         if bad:
@@ -440,20 +483,8 @@ class Committer:
             self._drop(feed, bad, spans, failed[bad[0]])
             days = [d for d in days if d not in failed]
         mine = {d: results[d] for d in days}
-        records, files, drops = self._records(feed, days, mine, prepared.previous)
-        if not records and not drops and all(not r.written for r in mine.values()):
-            self._committed(feed, days, [], results=mine.values())
-            return None
-        updated = await self.manifest.update_partition(
-            feed,
-            month,
-            lambda p: p.with_changes(windows=records, files=files, drop_files=drops),
-            token=self.leases.token((feed, month)),
-            known=prepared.current,
-        )
-        self._committed(feed, days, records, results=mine.values())
-        assert updated.version is not None
-        return updated.part, updated.version
+        windows, files, drops = self._records(feed, days, mine, prepared.previous)
+        return _Records(days=days, results=mine, windows=windows, files=files, drops=drops)
 
     async def _write_days(
         self, feed: str, days: list[date], parts: Mapping[str, Partition]

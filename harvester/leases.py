@@ -27,7 +27,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ import structlog
 
 from harvester.errors import Conflict
 from harvester.retry import Sleep
-from harvester.storage import ABSENT, Expect, Store
+from harvester.storage import ABSENT, Blob, Expect, ObjectInfo, Store
 
 PREFIX = "_leases"
 TTL = 120.0
@@ -135,6 +135,18 @@ class Lease:
         )
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Offer:
+    """The lease a run is about to write, and what it found there."""
+
+    lease: Lease
+    expect: Expect
+    found: bool
+    """Whether a lease object was there (damaged, perhaps)."""
+    current: Lease | None
+    """The lease that was there, when it could be read."""
+
+
 class Leases:
     """The leases of one run."""
 
@@ -182,60 +194,103 @@ class Leases:
     async def acquire(self, block: Block) -> bool:
         """Take ``block`` unless another live run holds it; True when this run holds it."""
         async with self._lock:
-            if block in self._held:
-                return block not in self.lost
-            key = lease_key(*block)
-            for _ in range(8):
-                blob = await self.store.read(key)
-                expect: Expect = ABSENT
-                token = 1
-                current: Lease | None = None
-                if blob is not None:
-                    expect = blob.info.version
-                    try:
-                        current = Lease.from_json(blob.data)
-                    except (ValueError, KeyError, TypeError):
-                        # A damaged lease binds nobody. Its token is lost, and the
-                        # partitions carry the last one: take one surely above it (the
-                        # clock in milliseconds; tokens go up by one a run), and fence.
-                        current = None
-                        token = int(self._clock() * 1000)
-                    if current is not None:
-                        token = current.token + 1
-                        if current.owner.run_id != self.owner.run_id and current.live(
-                            self._clock()
-                        ):
-                            self.holders[block] = current.owner
-                            return False
-                lease = Lease(owner=self.owner, token=token, expires=self._clock() + self.ttl)
-                try:
-                    version = (await self.store.write(key, lease.to_json(), expect=expect)).version
-                except Conflict:
-                    # Another run moved first -- or this very write landed and only its
-                    # answer was lost (a retried PUT then meets a 412): look again.
-                    landed = await self._mine(block, token)
-                    if landed is None:
-                        continue
-                    version = landed
-                self._held[block] = (token, version)
-                mine = current is not None and current.owner.run_id == self.owner.run_id
-                if blob is not None and not mine:
-                    self.taken_over.add(block)
-                if blob is not None and current is None:
-                    self.seized.add(block)
-                if current is not None and not mine and not current.released:
-                    # Not handed back: its owner died, or stopped renewing (another host).
-                    self.seized.add(block)
-                    log.warning(
-                        "lease.taken_over",
-                        feed=block[0],
-                        month=block[1],
-                        token=token,
-                        holder=str(current.owner),
-                        why="expired" if current.expires <= self._clock() else "owner gone",
-                    )
-                return True
-            return False
+            return await self._acquire(block)
+
+    async def acquire_many(self, blocks: Iterable[Block]) -> dict[Block, bool]:
+        """:meth:`acquire` each of ``blocks``; per block, whether this run holds it.
+
+        A span of a sparse range covers many months: their leases are read at once and
+        written as one group (:meth:`Store.write_many`), not one after another. A block
+        whose write met a conflict is tried again on its own.
+        """
+        wanted = list(dict.fromkeys(blocks))
+        async with self._lock:
+            todo = [b for b in wanted if b not in self._held]
+            blobs = await asyncio.gather(*(self.store.read(lease_key(*b)) for b in todo))
+            offers = {
+                block: offer
+                for block, blob in zip(todo, blobs, strict=True)
+                if (offer := self._offer(block, blob)) is not None
+            }
+            written = await self.store.write_many(
+                [(lease_key(*b), o.lease.to_json(), o.expect) for b, o in offers.items()]
+            )
+            for (block, offer), outcome in zip(offers.items(), written, strict=True):
+                if isinstance(outcome, ObjectInfo):
+                    self._took(block, offer, outcome.version)
+                elif not isinstance(outcome, Conflict):
+                    raise outcome
+            for block in offers:
+                if block not in self._held:  # lost a race, or only the answer: look again
+                    await self._acquire(block)
+            return {block: self.holds(block) for block in wanted}
+
+    async def _acquire(self, block: Block) -> bool:
+        if block in self._held:
+            return block not in self.lost
+        key = lease_key(*block)
+        for _ in range(8):
+            offer = self._offer(block, await self.store.read(key))
+            if offer is None:
+                return False
+            try:
+                version = (
+                    await self.store.write(key, offer.lease.to_json(), expect=offer.expect)
+                ).version
+            except Conflict:
+                # Another run moved first -- or this very write landed and only its
+                # answer was lost (a retried PUT then meets a 412): look again.
+                landed = await self._mine(block, offer.lease.token)
+                if landed is None:
+                    continue
+                version = landed
+            self._took(block, offer, version)
+            return True
+        return False
+
+    def _offer(self, block: Block, blob: Blob | None) -> _Offer | None:
+        """The lease this run would write over ``blob``; None if a live run holds it."""
+        expect: Expect = ABSENT
+        token = 1
+        current: Lease | None = None
+        if blob is not None:
+            expect = blob.info.version
+            try:
+                current = Lease.from_json(blob.data)
+            except (ValueError, KeyError, TypeError):
+                # A damaged lease binds nobody. Its token is lost, and the partitions
+                # carry the last one: take one surely above it (the clock in
+                # milliseconds; tokens go up by one a run), and fence.
+                current = None
+                token = int(self._clock() * 1000)
+            if current is not None:
+                token = current.token + 1
+                if current.owner.run_id != self.owner.run_id and current.live(self._clock()):
+                    self.holders[block] = current.owner
+                    return None
+        lease = Lease(owner=self.owner, token=token, expires=self._clock() + self.ttl)
+        return _Offer(lease=lease, expect=expect, found=blob is not None, current=current)
+
+    def _took(self, block: Block, offer: _Offer, version: str) -> None:
+        """Record ``block`` as held, written at ``version``; note whom it was taken from."""
+        self._held[block] = (offer.lease.token, version)
+        current = offer.current
+        mine = current is not None and current.owner.run_id == self.owner.run_id
+        if offer.found and not mine:
+            self.taken_over.add(block)
+        if offer.found and current is None:
+            self.seized.add(block)
+        if current is not None and not mine and not current.released:
+            # Not handed back: its owner died, or stopped renewing (another host).
+            self.seized.add(block)
+            log.warning(
+                "lease.taken_over",
+                feed=block[0],
+                month=block[1],
+                token=offer.lease.token,
+                holder=str(current.owner),
+                why="expired" if current.expires <= self._clock() else "owner gone",
+            )
 
     async def renew(self) -> set[Block]:
         """Extend every lease held; return the blocks lost since (taken by another run)."""
@@ -291,9 +346,23 @@ class Leases:
             self._held.pop(block, None)
 
     async def release_all(self) -> None:
-        """Give up every lease held; the run is over."""
+        """Give up every lease held, as one group write; the run is over."""
         try:
-            for block in list(self._held):
-                await self.release(block)
+            async with self._lock:
+                held = [(b, h) for b, h in self._held.items() if b not in self.lost]
+                released = [
+                    Lease(owner=self.owner, token=token, expires=0.0, released=True)
+                    for _, (token, _) in held
+                ]
+                written = await self.store.write_many(
+                    [
+                        (lease_key(*block), lease.to_json(), version)
+                        for (block, (_, version)), lease in zip(held, released, strict=True)
+                    ]
+                )
+                for outcome in written:
+                    if not isinstance(outcome, ObjectInfo | Conflict):
+                        raise outcome
+                self._held.clear()
         finally:
             _ACTIVE.discard(self.owner.run_id)

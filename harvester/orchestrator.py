@@ -359,6 +359,16 @@ class Harvest:
         return await self._report(started, started_at)
 
     async def _harvest(self, todo: dict[str, Spans]) -> None:
+        # pyarrow's first conversion imports what it needs (pandas, when installed: some
+        # 0.2 s): a thread does it while the run starts, not the event loop on its first
+        # page. A page converted sooner waits for it, as it would have anyway.
+        warming = asyncio.create_task(asyncio.to_thread(warm))
+        try:
+            await self._harvest_todo(todo)
+        finally:
+            await warming
+
+    async def _harvest_todo(self, todo: dict[str, Spans]) -> None:
         await self.store.check_writable()
         queue = SpanQueue(
             todo,
@@ -371,12 +381,7 @@ class Harvest:
             assert first is not None
             queue.give_back(first)
             # Before anything is written: a refused key or a dead URL leave no trace.
-            # Meanwhile pyarrow imports what its first conversion needs, off the loop.
-            warming = asyncio.create_task(asyncio.to_thread(warm))
-            try:
-                await self._preflight(client, first)
-            finally:
-                await warming
+            await self._preflight(client, first)
             await self.manifest.update_head(
                 lambda head: head or Head(table_format=self.config.table_format, window=self.step)
             )
@@ -547,7 +552,8 @@ class Harvest:
         # The months its windows *start* in: a window longer than a day may end in the
         # next month, whose lease it does not need (nor must wait for).
         months = months_between(span.start, span.end - self.step + 1)
-        blocked = [month for month in months if not await leases.acquire((span.feed, month))]
+        taken = await leases.acquire_many((span.feed, month) for month in months)
+        blocked = [month for month in months if not taken[(span.feed, month)]]
         if blocked:
             held = Spans.of(month_domain(m, self.step) for m in blocked)
             queue.give_back(span)

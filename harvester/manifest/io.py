@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -31,7 +31,7 @@ import structlog
 from harvester.errors import Conflict, StorageError, TransientStorageError
 from harvester.manifest.model import Head, Partition
 from harvester.retry import Sleep
-from harvester.storage import ABSENT, Expect, Store
+from harvester.storage import ABSENT, Expect, ObjectInfo, Store
 
 PREFIX = "_manifest"
 HEAD_KEY = f"{PREFIX}/_head.json"
@@ -52,6 +52,13 @@ class Fenced(StorageError):
     """A newer lease holder has written this partition: this run must not write it."""
 
 
+def _fenced(feed: str, month: str, current: Versioned, token: int) -> Fenced:
+    return Fenced(
+        f"{partition_key(feed, month)} was written under lease {current.part.token}, "
+        f"newer than this run's {token}: another run took over {feed} {month}"
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class Versioned:
     """A partition as read, with the version to write it back on condition of."""
@@ -68,6 +75,18 @@ class Versioned:
         if self.version is not None:
             return self.version
         return self.damaged if self.damaged is not None else ABSENT
+
+
+@dataclass(frozen=True, kw_only=True)
+class PartitionUpdate:
+    """A change to one month's partition, to be written on condition of ``known``."""
+
+    month: str
+    change: Callable[[Partition], Partition]
+    token: int | None
+    """The writer's lease token (see :meth:`Manifest.update_partition`)."""
+    known: Versioned
+    """The partition as the writer last read it."""
 
 
 class Manifest:
@@ -144,10 +163,7 @@ class Manifest:
             if current is None:
                 current = await self.read_partition(feed, month)
             if token is not None and current.part.token > token:
-                raise Fenced(
-                    f"{partition_key(feed, month)} was written under lease {current.part.token}, "
-                    f"newer than this run's {token}: another run took over {feed} {month}"
-                )
+                raise _fenced(feed, month, current, token)
             new = change(current.part)
             if token:
                 new = new.with_changes(token=token)
@@ -166,6 +182,47 @@ class Manifest:
             f"{partition_key(feed, month)}: lost {ATTEMPTS} races to other writers in a row; "
             "run the same command again"
         )
+
+    async def update_partitions(
+        self, feed: str, updates: Sequence[PartitionUpdate]
+    ) -> dict[str, Versioned | StorageError]:
+        """:meth:`update_partition` for months of one feed; per month, the result or error.
+
+        The first try of every month is one group write (:meth:`Store.write_many`) on
+        condition of the partition each update knows: a sparse year's commit records a
+        feed's twelve months at once, not one after another. A month whose condition
+        failed is updated again on its own, reading it afresh.
+        """
+        results: dict[str, Versioned | StorageError] = {}
+        tried: list[tuple[PartitionUpdate, Partition]] = []
+        for update in updates:
+            current = update.known
+            if update.token is not None and current.part.token > update.token:
+                results[update.month] = _fenced(feed, update.month, current, update.token)
+                continue
+            new = update.change(current.part)
+            if update.token:
+                new = new.with_changes(token=update.token)
+            tried.append((update, new))
+        written = await self.store.write_many(
+            [
+                (partition_key(feed, u.month), orjson.dumps(new.to_json()), u.known.expect)
+                for u, new in tried
+            ]
+        )
+        for (update, new), outcome in zip(tried, written, strict=True):
+            if isinstance(outcome, ObjectInfo):
+                results[update.month] = Versioned(part=new, version=outcome.version)
+            elif isinstance(outcome, Conflict | TransientStorageError):
+                try:
+                    results[update.month] = await self.update_partition(
+                        feed, update.month, update.change, token=update.token
+                    )
+                except StorageError as exc:
+                    results[update.month] = exc
+            else:
+                results[update.month] = outcome
+        return results
 
     async def update_head(self, change: Callable[[Head | None], Head]) -> Head:
         """Apply ``change`` to the head (None when there is none) until a write succeeds.
