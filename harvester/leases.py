@@ -206,7 +206,7 @@ class Leases:
         wanted = list(dict.fromkeys(blocks))
         async with self._lock:
             todo = [b for b in wanted if b not in self._held]
-            blobs = await asyncio.gather(*(self.store.read(lease_key(*b)) for b in todo))
+            blobs = await self.store.read_many([lease_key(*b) for b in todo])
             offers = {
                 block: offer
                 for block, blob in zip(todo, blobs, strict=True)

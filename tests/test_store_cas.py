@@ -155,6 +155,22 @@ def test_write_many_is_each_write_and_hands_back_each_outcome(store: Store) -> N
     run(store, scenario)
 
 
+def test_read_many_is_each_read(store: Store) -> None:
+    """A group of reads: each key's bytes and version as read() gives them, None if absent."""
+
+    async def scenario(s: Store) -> None:
+        one = await s.write("_manifest/ips/2024-01.json", b"january")
+        two = await s.write("_manifest/ips/2024-03.json", b"march")
+        keys = [f"_manifest/ips/2024-0{m}.json" for m in (1, 2, 3)]
+        first, missing, third = await s.read_many(keys)
+        assert first is not None and (first.data, first.info.version) == (b"january", one.version)
+        assert missing is None
+        assert third is not None and (third.data, third.info.version) == (b"march", two.version)
+        assert await s.read_many([]) == []
+
+    run(store, scenario)
+
+
 @pytest.mark.parametrize("grouped", [True, False], ids=["syncfs", "file-by-file"])
 def test_local_write_many_leaves_no_dot_file_and_versions_that_read_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, grouped: bool

@@ -31,7 +31,7 @@ import structlog
 from harvester.errors import Conflict, StorageError, TransientStorageError
 from harvester.manifest.model import Head, Partition
 from harvester.retry import Sleep
-from harvester.storage import ABSENT, Expect, ObjectInfo, Store
+from harvester.storage import ABSENT, Blob, Expect, ObjectInfo, Store
 
 PREFIX = "_manifest"
 HEAD_KEY = f"{PREFIX}/_head.json"
@@ -50,6 +50,23 @@ def partition_key(feed: str, month: str) -> str:
 
 class Fenced(StorageError):
     """A newer lease holder has written this partition: this run must not write it."""
+
+
+def _versioned(feed: str, month: str, blob: Blob | None) -> Versioned:
+    """A partition as read; an empty one when it does not exist or is damaged."""
+    empty = Partition(feed=feed, month=month)
+    if blob is None:
+        return Versioned(part=empty, version=None)
+    key = partition_key(feed, month)
+    try:
+        part = Partition.from_json(orjson.loads(blob.data))
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        log.warning("manifest.damaged", key=key, error=str(exc))
+        return Versioned(part=empty, version=None, damaged=blob.info.version)
+    if (part.feed, part.month) != (feed, month):
+        log.warning("manifest.damaged", key=key, error="names another feed or month")
+        return Versioned(part=empty, version=None, damaged=blob.info.version)
+    return Versioned(part=part, version=blob.info.version)
 
 
 def _fenced(feed: str, month: str, current: Versioned, token: int) -> Fenced:
@@ -111,32 +128,13 @@ class Manifest:
 
     async def read_partition(self, feed: str, month: str) -> Versioned:
         """One partition; an empty one when it does not exist or is damaged."""
-        key = partition_key(feed, month)
-        blob = await self.store.read(key)
-        empty = Partition(feed=feed, month=month)
-        if blob is None:
-            return Versioned(part=empty, version=None)
-        try:
-            part = Partition.from_json(orjson.loads(blob.data))
-        except (ValueError, KeyError, TypeError, IndexError) as exc:
-            log.warning("manifest.damaged", key=key, error=str(exc))
-            return Versioned(part=empty, version=None, damaged=blob.info.version)
-        if (part.feed, part.month) != (feed, month):
-            log.warning("manifest.damaged", key=key, error="names another feed or month")
-            return Versioned(part=empty, version=None, damaged=blob.info.version)
-        return Versioned(part=part, version=blob.info.version)
+        return _versioned(feed, month, await self.store.read(partition_key(feed, month)))
 
     async def read_partitions(self, feed: str, months: Iterable[str]) -> dict[str, Versioned]:
-        """Several partitions of ``feed``, read concurrently."""
-        gate = asyncio.Semaphore(PARALLEL)
-
-        async def one(month: str) -> Versioned:
-            async with gate:
-                return await self.read_partition(feed, month)
-
-        async with asyncio.TaskGroup() as group:
-            tasks = {m: group.create_task(one(m)) for m in dict.fromkeys(months)}
-        return {m: t.result() for m, t in tasks.items()}
+        """Several partitions of ``feed``, read together (:meth:`Store.read_many`)."""
+        wanted = list(dict.fromkeys(months))
+        blobs = await self.store.read_many([partition_key(feed, m) for m in wanted])
+        return {m: _versioned(feed, m, blob) for m, blob in zip(wanted, blobs, strict=True)}
 
     # --- writing ---------------------------------------------------------------------
 
