@@ -54,6 +54,8 @@ class Sizes:
     e_rows_per_day: int = 20
     e_days: int = 366
     e_month_days: int = 31
+    e_long_days: int = 731
+    """Two years: peak RSS is flat if it does not grow from e's year to this."""
     e_max_limit: int = 10_000
     """The simulator's largest page (``max_limit``), like the real API's."""
     e_rate: float = 100_000.0
@@ -111,6 +113,7 @@ SMOKE = Sizes(
     e_rows_per_day=5,
     e_days=20,
     e_month_days=5,
+    e_long_days=40,
     e_shards=2,
     f_days="1,40",
     f_feeds="ips,urls",

@@ -35,7 +35,7 @@ from typing import Any
 import orjson
 import structlog
 
-from harvester.errors import Conflict
+from harvester.errors import Conflict, StorageError
 from harvester.retry import Sleep
 from harvester.storage import ABSENT, Blob, Expect, ObjectInfo, Store
 
@@ -215,13 +215,23 @@ class Leases:
             written = await self.store.write_many(
                 [(lease_key(*b), o.lease.to_json(), o.expect) for b, o in offers.items()]
             )
+            error: StorageError | None = None
             for (block, offer), outcome in zip(offers.items(), written, strict=True):
                 if isinstance(outcome, ObjectInfo):
                     self._took(block, offer, outcome.version)
                 elif not isinstance(outcome, Conflict):
-                    raise outcome
-            for block in offers:
-                if block not in self._held:  # lost a race, or only the answer: look again
+                    error = error or outcome  # raised once every lease taken is recorded
+            if error is not None:
+                raise error
+            for block, offer in offers.items():
+                if block in self._held:
+                    continue
+                # Lost a race -- or only the answer (a retried PUT that had landed meets
+                # a 412): then the lease is this very offer, and what it took over counts.
+                landed = await self._mine(block, offer.lease.token)
+                if landed is not None:
+                    self._took(block, offer, landed)
+                else:
                     await self._acquire(block)
             return {block: self.holds(block) for block in wanted}
 
@@ -360,9 +370,15 @@ class Leases:
                         for (block, (_, version)), lease in zip(held, released, strict=True)
                     ]
                 )
-                for outcome in written:
-                    if not isinstance(outcome, ObjectInfo | Conflict):
-                        raise outcome
-                self._held.clear()
+                error: StorageError | None = None
+                for (block, _), outcome in zip(held, written, strict=True):
+                    if isinstance(outcome, ObjectInfo | Conflict):
+                        self._held.pop(block, None)  # a conflict: not ours any more
+                    else:
+                        error = error or outcome  # kept: released again, if asked
+                for block in self.lost:
+                    self._held.pop(block, None)
+                if error is not None:
+                    raise error
         finally:
             _ACTIVE.discard(self.owner.run_id)
