@@ -336,68 +336,74 @@ class LocalStore(Store):
     def _write_many(
         self, items: Sequence[tuple[str, bytes, Expect]]
     ) -> builtins.list[ObjectInfo | StorageError]:
-        if not syncfs.AVAILABLE or len(items) < 2:
-            done: builtins.list[ObjectInfo | StorageError] = []
-            for key, data, expect in items:
-                try:
-                    done.append(self._write_bytes(key, data, expect))
-                except StorageError as exc:
-                    done.append(exc)
-            return done
-        return self._write_group(items)
+        if len(items) > 1 and syncfs.AVAILABLE:
+            try:
+                _mkdir(self.root)
+                with syncfs.Group(self.root) as group:
+                    if group.usable:
+                        return self._write_group(items, group)
+            except OSError as exc:
+                raise local_error(exc, self.root) from exc
+        done: builtins.list[ObjectInfo | StorageError] = []
+        for key, data, expect in items:
+            try:
+                done.append(self._write_bytes(key, data, expect))
+            except StorageError as exc:
+                done.append(exc)
+        return done
 
     def _write_group(
-        self, items: Sequence[tuple[str, bytes, Expect]]
+        self, items: Sequence[tuple[str, bytes, Expect]], group: syncfs.Group
     ) -> builtins.list[ObjectInfo | StorageError]:
         """Write every item's dot-file, sync them all, install each, sync again.
 
         Each file is durable before it is renamed into place (a crash leaves it whole
         or absent), and every rename is durable before this returns, as with
-        :meth:`write`; but the whole group pays for one :func:`syncfs.sync` of the file
-        system before the renames and one after, not two syncs per file.
+        :meth:`write`; but the whole group pays for one sync of the file system before
+        the renames and one after, not two syncs per file. A file on another file system
+        than the lake's root (a mount inside the lake) is synced on its own. If the
+        second sync fails, the group raises: its files are in place, but not surely
+        durable, and not one may be recorded (a later run finds and replaces them).
         """
         outcome: dict[int, ObjectInfo | StorageError] = {}
-        pending: builtins.list[tuple[int, str, Expect, Path, bool]] = []
-        devices: dict[int, Path] = {}
+        pending: builtins.list[tuple[int, str, Expect, Path, bool, bool]] = []
         for index, (key, data, expect) in enumerate(items):
             target = self._path(key)
             staged = _staged_beside(target)
             try:
                 made = _mkdir(target.parent)
-                devices.setdefault(_write_unsynced(staged, data), target.parent)
+                own = _write_staged(staged, data, device=group.device)
             except OSError as exc:
                 _discard(staged)
                 outcome[index] = local_error(exc, target)
                 continue
-            pending.append((index, key, expect, staged, made))
+            pending.append((index, key, expect, staged, made, own))
         try:
-            syncfs.sync(devices.values())
+            group.sync()
         except OSError as exc:
-            for index, key, _, staged, _ in pending:
+            for index, key, _, staged, _, _ in pending:
                 _discard(staged)
                 outcome[index] = local_error(exc, self._path(key))
             pending = []
-        installed = []
-        for index, key, expect, staged, made in pending:
+        for index, key, expect, staged, made, own in pending:
             try:
-                outcome[index] = self._install(staged, key, expect, sync=False)
+                outcome[index] = self._install(staged, key, expect, sync=own)
             except (OSError, StorageError) as exc:
                 _discard(staged)
                 outcome[index] = (
                     local_error(exc, self._path(key)) if isinstance(exc, OSError) else exc
                 )
                 continue
-            installed.append(index)
             if not made:
                 _sweep(self._path(key))
-        if installed:
+        if pending:
             try:
-                syncfs.sync(devices.values())
+                group.sync()
             except OSError as exc:
-                # In place but perhaps not durable: fail them; a rerun finds and replaces
-                # a file the manifest never recorded.
-                for index in installed:
-                    outcome[index] = local_error(exc, self._path(items[index][0]))
+                raise StorageError(
+                    f"cannot make files under {self.root} durable ({exc.strerror or exc}); "
+                    "check the disk, then run the same command again"
+                ) from exc
         return [outcome[index] for index in range(len(items))]
 
     def _install(
@@ -643,11 +649,18 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def _write_unsynced(path: Path, data: bytes) -> int:
-    """Write ``data`` to a new file, unsynced; the device (file system) it is on."""
+def _write_staged(path: Path, data: bytes, *, device: int) -> bool:
+    """Write ``data`` to a new file; sync it now only if it is not on ``device``.
+
+    True when it was synced here (its own file system), and its folder must be too.
+    """
     with open(path, "wb") as handle:
         handle.write(data)
-        return os.fstat(handle.fileno()).st_dev
+        if os.fstat(handle.fileno()).st_dev == device:
+            return False
+        handle.flush()
+        os.fsync(handle.fileno())
+        return True
 
 
 def _discard(path: Path) -> None:

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harvester.errors import Conflict
+from harvester.errors import Conflict, StorageError
 from harvester.retry import RetryPolicy
 from harvester.s3 import S3Store
 from harvester.storage import ABSENT, Absent, Expect, LocalStore, ObjectInfo, Store
@@ -198,15 +198,60 @@ def test_local_write_many_leaves_no_dot_file_and_versions_that_read_back(
     assert not list((tmp_path / "lake").rglob(".*")), "a dot-file was left behind"
 
 
-def test_syncfs_syncs_a_folders_file_system_and_names_a_missing_one(tmp_path: Path) -> None:
-    """syncfs.sync works on a real folder, and a folder that is not there is an OSError."""
+def test_a_group_syncs_the_lakes_file_system_and_a_missing_folder_is_an_error(
+    tmp_path: Path,
+) -> None:
+    """A group on a local folder can sync; a folder that is not there is an OSError."""
     from harvester import syncfs
 
     if not syncfs.AVAILABLE:
-        pytest.skip("syncfs(2) is Linux-only")
-    syncfs.sync([tmp_path, tmp_path])
-    with pytest.raises(FileNotFoundError):
-        syncfs.sync([tmp_path / "missing"])
+        pytest.skip("syncfs(2) needs Linux 5.8 or later")
+    with syncfs.Group(tmp_path) as group:
+        assert group.device == os.stat(tmp_path).st_dev
+        if group.usable:  # a local file system, as a test's temporary folder is
+            group.sync()
+    with pytest.raises(FileNotFoundError), syncfs.Group(tmp_path / "missing"):
+        pass
+
+
+@pytest.mark.parametrize("failing", [1, 2], ids=["first-sync", "second-sync"])
+def test_a_group_whose_sync_fails_records_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: int
+) -> None:
+    """The first sync failing fails every item and leaves no file; the second raises."""
+    from harvester import syncfs
+
+    if not syncfs.AVAILABLE:
+        pytest.skip("syncfs(2) needs Linux 5.8 or later")
+    calls = {"n": 0}
+    real = syncfs.Group.sync
+
+    def sync(group: syncfs.Group) -> None:
+        calls["n"] += 1
+        if calls["n"] == failing:
+            raise OSError(5, "Input/output error")
+        real(group)
+
+    with syncfs.Group(tmp_path) as probe:
+        if not probe.usable:
+            pytest.skip("the temporary folder is not on a local file system")
+    monkeypatch.setattr(syncfs.Group, "sync", sync)
+    store = LocalStore(tmp_path / "lake")
+    items: list[tuple[str, bytes, Expect]] = [
+        (f"ips/dt=2024-01-0{d}/part-0.parquet", b"x" * d, ABSENT) for d in (1, 2)
+    ]
+
+    async def scenario(s: Store) -> list[Any]:
+        return await s.write_many(items)
+
+    if failing == 1:
+        outcomes = run(store, scenario)
+        assert all(isinstance(o, StorageError) for o in outcomes)
+        assert not list((tmp_path / "lake").rglob("*.parquet"))
+    else:
+        with pytest.raises(StorageError, match="durable"):
+            run(store, scenario)
+    assert not list((tmp_path / "lake").rglob(".*")), "a dot-file was left behind"
 
 
 def test_delete_if_match(store: Store) -> None:
@@ -375,7 +420,7 @@ WORKER = textwrap.dedent(
     """
     import asyncio, sys, time
     from pathlib import Path
-    from harvester.errors import Conflict
+    from harvester.errors import Conflict, StorageError
     from harvester.storage import ABSENT, LocalStore
 
     root, key, count, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
