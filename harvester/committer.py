@@ -385,7 +385,11 @@ class Committer:
             [d for m in ready.values() for d in m.days],
             {month: m.part for month, m in ready.items()},
         )
-        # ... and every month's partition is written in one group as well.
+        # ... and every month's partition is written in one group as well; a month whose
+        # lease was lost while its days were written is not recorded.
+        for month in [m for m in ready if not self.leases.holds((feed, m))]:
+            lost = Fenced(f"lost the lease on {feed} {month}")
+            self._drop_month(feed, ready.pop(month).days, lost)
         recorded = {
             month: self._month_records(feed, prepared, results, failed)
             for month, prepared in sorted(ready.items())

@@ -69,13 +69,16 @@ class BurstWriter:
     threads busy each call also waited to take the GIL back: a sparse year's
     ``window.done`` lines cost a third of the event loop's time. Lines logged during one
     turn of the event loop are written together at the end of that turn; outside a
-    running loop, or from another thread, at once. No line waits longer than the turn.
+    running loop, or from another thread, at once. A ``kill -9`` loses at most the
+    lines of the turn it lands in; a loop stopped before its turn ended leaves its
+    lines to the next line logged, or to the process's exit.
     """
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
         self._pending: list[str] = []
-        self._scheduled = False
+        self._scheduled: asyncio.AbstractEventLoop | None = None
+        """The loop a flush waits on: a line logged on another loop schedules its own."""
         self._lock = threading.Lock()
         atexit.register(self._flush_at_exit)
 
@@ -88,8 +91,8 @@ class BurstWriter:
         with self._lock:
             self._pending.append(message)
             if loop is not None:
-                if not self._scheduled:
-                    self._scheduled = True
+                if self._scheduled is not loop or loop.is_closed():
+                    self._scheduled = loop
                     loop.call_soon(self.flush)
                 return
         self.flush()
@@ -106,7 +109,7 @@ class BurstWriter:
     def flush(self) -> None:
         """Write every pending line, in order."""
         with self._lock:
-            lines, self._pending, self._scheduled = self._pending, [], False
+            lines, self._pending, self._scheduled = self._pending, [], None
             if lines:
                 self._stream.write("\n".join(lines) + "\n")
                 self._stream.flush()

@@ -79,3 +79,22 @@ def test_a_third_party_record_comes_after_the_lines_logged_before_it(
 
     asyncio.run(mixed())
     assert events(stream) == ["first", "second", "third"]
+
+
+def test_a_loop_stopped_before_its_flush_does_not_hold_up_another_loops_lines(
+    stream: CountingStream,
+) -> None:
+    """A loop that stops in the turn it logged: the next loop's lines still go out."""
+    log = structlog.get_logger("harvester")
+    first = asyncio.new_event_loop()
+    first.call_soon(lambda: log.info("on the first loop"))
+    first.call_soon(first.stop)
+    first.run_forever()  # stops before the flush it scheduled runs
+    first.close()
+
+    async def later() -> None:
+        log.info("on the second loop")
+        await asyncio.sleep(0)
+
+    asyncio.run(later())
+    assert events(stream) == ["on the first loop", "on the second loop"]
