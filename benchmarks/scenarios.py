@@ -587,44 +587,29 @@ def scenario_e(sizes: Sizes, workdir: Path, clients: Sequence[str], log: Log) ->
         ),
     )
     with SimProcess(server_options(spec, max_limit=sizes.e_max_limit)) as sim:
-        walk = warm(sim, month, ["harvester"], log, result.notes)
-        result.measurements += measure_all(
-            sim,
-            month,
-            tuned,
-            workdir / "e",
-            clients=["harvester"],
-            walk=walk,
-            label=short,
-            jobs=flags,
-            log=log,
-        )
-        walk = warm(sim, year, clients, log, result.notes)
-        result.measurements += measure_all(
-            sim,
-            year,
-            tuned,
-            workdir / "e",
-            clients=clients,
-            walk=walk,
-            label=long,
-            jobs=flags,
-            log=log,
-        )
+
+        def measure(workload: Workload, label: str, who: Sequence[str]) -> Walk:
+            walk = warm(sim, workload, who, log, result.notes)
+            result.measurements.extend(
+                measure_all(
+                    sim,
+                    workload,
+                    tuned,
+                    workdir / "e",
+                    clients=who,
+                    walk=walk,
+                    label=label,
+                    jobs=flags,
+                    log=log,
+                )
+            )
+            return walk
+
+        measure(month, short, ["harvester"])
+        walk = measure(year, long, clients)
         if sizes.e_shards > 1:
             result.measurements.append(_shards(sim, year, tuned, workdir / "e", walk=walk, log=log))
-        walk = warm(sim, double, ["harvester"], log, result.notes)
-        result.measurements += measure_all(
-            sim,
-            double,
-            tuned,
-            workdir / "e",
-            clients=["harvester"],
-            walk=walk,
-            label=longest,
-            jobs=flags,
-            log=log,
-        )
+        measure(double, longest, ["harvester"])
     h_month, h_year = result.get("harvester", short), result.get("harvester", long)
     h_double = result.get("harvester", longest)
     result.ratios = {
