@@ -164,19 +164,16 @@ class DayWriter:
         # a sparse range these small Arrow calls, one day after another, would
         # otherwise hold the event loop for most of the commit.
         new, counts = await asyncio.to_thread(_day_rows, job, kept)
-        window_rows = {s: n for s, n in counts.items() if job.replaced.containing(s)}
-        groups = days.split_windows(counts, job.step, cap=self.cap)
+        files = _cut(job, counts, self.cap)
         records: list[FileRecord] = []
-        for index, group in enumerate(groups):
-            first = group.pairs[0][0]
-            key = main_key(job.feed.name, job.day) if index == 0 else _key(job, first)
+        for index, (key, group) in enumerate(files):
             expect = expect_main if index == 0 else ABSENT
-            part = new if len(groups) == 1 else await asyncio.to_thread(days.select, new, group)
+            part = new if len(files) == 1 else await asyncio.to_thread(days.select, new, group)
             records.append(await self._put(job, key, part, group, expect))
         return DayResult(
             files=tuple(records),
             dropped=tuple(k for k in dropped if k not in {r.key for r in records}),
-            window_rows=window_rows,
+            window_rows=_replaced_rows(job, counts),
             written=len(records),
         )
 
@@ -232,7 +229,7 @@ class DayWriter:
             expect: Expect = version if version is not None else ABSENT
             result_files[key] = await self._put(job, key, table, windows, expect)
             written += 1
-        window_rows = {s: n for s, n in counts.items() if job.replaced.containing(s)}
+        window_rows = _replaced_rows(job, counts)
         return DayResult(
             files=tuple(sorted(result_files.values(), key=lambda f: f.key)),
             dropped=tuple(dropped),
@@ -392,17 +389,28 @@ def _encode_fresh(jobs: Sequence[DayJob], cap: int) -> list[_EncodedDay]:
     encoded: list[_EncodedDay] = []
     for job in jobs:
         new, counts = job.rows.take(job.day, job.replaced & job.span)
-        window_rows = {s: n for s, n in counts.items() if job.replaced.containing(s)}
-        groups = days.split_windows(counts, job.step, cap=cap)
+        cut = _cut(job, counts, cap)
         files = []
-        for index, group in enumerate(groups):
-            first = group.pairs[0][0]
-            key = main_key(job.feed.name, job.day) if index == 0 else _key(job, first)
-            part = new if len(groups) == 1 else days.select(new, group)
+        for key, group in cut:
+            part = new if len(cut) == 1 else days.select(new, group)
             data = _parquet_bytes(part, job.feed.schema)
             files.append(_Encoded(key=key, data=data, rows=part.num_rows, windows=group))
-        encoded.append(_EncodedDay(files=tuple(files), window_rows=window_rows))
+        encoded.append(_EncodedDay(files=tuple(files), window_rows=_replaced_rows(job, counts)))
     return encoded
+
+
+def _cut(job: DayJob, counts: Mapping[int, int], cap: int) -> list[tuple[str, Spans]]:
+    """A fresh day's files: each one's key and windows, the main file first (pure)."""
+    groups = days.split_windows(dict(counts), job.step, cap=cap)
+    return [
+        (main_key(job.feed.name, job.day) if index == 0 else _key(job, group.pairs[0][0]), group)
+        for index, group in enumerate(groups)
+    ]
+
+
+def _replaced_rows(job: DayJob, counts: Mapping[int, int]) -> dict[int, int]:
+    """Rows per window of the day that this commit harvested again."""
+    return {s: n for s, n in counts.items() if job.replaced.containing(s)}
 
 
 def _unclaimed(record: FileRecord, job: DayJob) -> bool:
